@@ -1,0 +1,153 @@
+//! The admin listener: `/metrics`, `/healthz`, `/readyz` and `/status`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use prometheus_client::registry::Registry;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::state::Shared;
+
+/// Serves the admin endpoints until `stop` is cancelled.
+pub async fn serve(tcp: TcpListener, shared: Arc<Shared>, registry: Arc<Registry>, stop: CancellationToken) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(std::time::Duration::from_secs(10));
+    loop {
+        let stream = tokio::select! {
+            () = stop.cancelled() => break,
+            r = tcp.accept() => match r {
+                Ok((s, _)) => s,
+                Err(_) => { tokio::time::sleep(std::time::Duration::from_millis(50)).await; continue }
+            },
+        };
+        let shared = shared.clone();
+        let registry = registry.clone();
+        let builder = builder.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let shared = shared.clone();
+                let registry = registry.clone();
+                async move { Ok::<_, Infallible>(route(&shared, &registry, &req)) }
+            });
+            let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+        });
+    }
+}
+
+fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn authorized(shared: &Shared, req: &Request<Incoming>) -> bool {
+    let snapshot = shared.snapshot.load();
+    let Some(token) = snapshot.config.admin.as_ref().and_then(|a| a.token.as_deref()) else {
+        return true;
+    };
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    constant_time_eq(given.as_bytes(), token.as_bytes())
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    use sha2::{Digest, Sha256};
+    // Compare digests so neither length nor content leaks through timing.
+    let (da, db) = (Sha256::digest(a), Sha256::digest(b));
+    da.iter().zip(db.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn route(shared: &Shared, registry: &Registry, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return respond(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use GET\n");
+    }
+    match req.uri().path() {
+        "/healthz" => respond(StatusCode::OK, "text/plain", "ok\n"),
+        "/readyz" => {
+            if shared.is_ready() {
+                respond(StatusCode::OK, "text/plain", "ready\n")
+            } else {
+                respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n")
+            }
+        }
+        "/metrics" | "/status" if !authorized(shared, req) => {
+            let mut r = respond(StatusCode::UNAUTHORIZED, "text/plain", "a bearer token is required\n");
+            r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            r
+        }
+        "/metrics" => respond(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            crate::metrics::encode(registry),
+        ),
+        "/status" => respond(StatusCode::OK, "application/json", status_json(shared).to_string()),
+        _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found; try /metrics, /status, /healthz or /readyz\n"),
+    }
+}
+
+/// The `/status` document: every pool and endpoint with its live state.
+pub fn status_json(shared: &Shared) -> serde_json::Value {
+    let snapshot = shared.snapshot.load_full();
+    let now = Instant::now();
+    let weights: std::collections::HashMap<(&str, &str), u32> = snapshot
+        .pools
+        .iter()
+        .flat_map(|p| p.members.iter().map(move |m| ((p.settings.name.as_str(), m.state.address()), m.weight)))
+        .collect();
+    let states = shared.endpoints.all();
+    let pools: Vec<_> = snapshot
+        .config
+        .pools
+        .values()
+        .map(|pool| {
+            let endpoints: Vec<_> = states
+                .iter()
+                .filter(|s| s.pool() == pool.name)
+                .map(|s| {
+                    let last_check = s.last_check().map(|c| {
+                        json!({
+                            "ok": c.ok,
+                            "detail": c.detail,
+                            "secondsAgo": SystemTime::now().duration_since(c.at).unwrap_or_default().as_secs_f64(),
+                        })
+                    });
+                    json!({
+                        "address": s.address(),
+                        "weight": weights.get(&(pool.name.as_str(), s.address())),
+                        "state": s.state(now).as_str(),
+                        "inFlight": s.in_flight(),
+                        "ejectedForSeconds": s.ejected_until(now).map(|u| u.saturating_duration_since(now).as_secs_f64()),
+                        "lastCheck": last_check,
+                    })
+                })
+                .collect();
+            json!({
+                "name": pool.name,
+                "balance": format!("{:?}", pool.balance),
+                "healthCheck": pool.health_check.as_ref().map(|h| h.path.clone()),
+                "endpoints": endpoints,
+            })
+        })
+        .collect();
+    json!({
+        "ready": shared.is_ready(),
+        "configFile": snapshot.config.source.display().to_string(),
+        "pools": pools,
+    })
+}

@@ -1,0 +1,391 @@
+//! Balancer configuration: the YAML file, validated into typed settings.
+//!
+//! [`load`] reads a file, parses it into [`raw::RawConfig`] (unknown keys are
+//! errors), and validates it into a [`Config`]. Every failure is a
+//! [`ConfigError`] naming the file, the field path and the fix.
+
+pub mod raw;
+pub mod units;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::sign::CertifiedKey;
+
+/// A validated balancer configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was read from.
+    pub source: PathBuf,
+    /// Client-facing listeners.
+    pub listeners: Vec<Listener>,
+    /// The admin listener, if any.
+    pub admin: Option<Admin>,
+    /// Graceful shutdown settings.
+    pub shutdown: Shutdown,
+    /// Routes in match order.
+    pub routes: Vec<Route>,
+    /// Pools by name.
+    pub pools: BTreeMap<String, Pool>,
+}
+
+/// A client-facing listener.
+#[derive(Debug, Clone)]
+pub struct Listener {
+    /// Unique name.
+    pub name: String,
+    /// Address to bind.
+    pub bind: SocketAddr,
+    /// TLS termination, if any.
+    pub tls: Option<Tls>,
+    /// Client-side limits.
+    pub limits: Limits,
+}
+
+/// TLS termination settings with their loaded certificates.
+#[derive(Debug, Clone)]
+pub struct Tls {
+    /// Certificates; the first is the default.
+    pub certificates: Vec<Certificate>,
+}
+
+/// A certificate loaded from PEM files.
+#[derive(Clone)]
+pub struct Certificate {
+    /// Certificate chain file.
+    pub cert_file: PathBuf,
+    /// Private key file.
+    pub key_file: PathBuf,
+    /// SNI names served (may start with `*.`), lower case.
+    pub server_names: Vec<String>,
+    /// The parsed chain and signing key.
+    pub key: Arc<CertifiedKey>,
+}
+
+impl fmt::Debug for Certificate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Certificate")
+            .field("cert_file", &self.cert_file)
+            .field("key_file", &self.key_file)
+            .field("server_names", &self.server_names)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Client-side limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Time allowed for a request's headers to arrive (slowloris guard).
+    pub header_read_timeout: Duration,
+    /// Largest request header block; larger ones get 431.
+    pub max_header_bytes: usize,
+    /// Largest request body; larger ones get 413.
+    pub max_body_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 64 * 1024,
+            max_body_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
+/// The admin listener.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    /// Address to bind.
+    pub bind: SocketAddr,
+    /// Bearer token for everything but `/healthz` and `/readyz`.
+    pub token: Option<String>,
+}
+
+/// Graceful shutdown.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shutdown {
+    /// Time in-flight requests and upgraded connections get to finish.
+    pub drain_timeout: Duration,
+    /// Time between turning not-ready and closing the listeners.
+    pub delay: Duration,
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Self {
+            drain_timeout: Duration::from_secs(30),
+            delay: Duration::ZERO,
+        }
+    }
+}
+
+/// A route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// Host match; any host when `None`.
+    pub host: Option<HostMatch>,
+    /// Path prefix.
+    pub path_prefix: String,
+    /// Target pool.
+    pub pool: String,
+}
+
+/// How a route matches the request host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostMatch {
+    /// Exactly this host (lower case, no port).
+    Exact(String),
+    /// `*.example.edu`: any host ending in `.example.edu` (stored with the dot).
+    Suffix(String),
+}
+
+impl HostMatch {
+    /// Whether `host` (lower case, port removed) matches.
+    pub fn matches(&self, host: &str) -> bool {
+        match self {
+            Self::Exact(h) => h == host,
+            Self::Suffix(s) => host.len() > s.len() && host.ends_with(s.as_str()),
+        }
+    }
+}
+
+impl fmt::Display for HostMatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Exact(h) => f.write_str(h),
+            Self::Suffix(s) => write!(f, "*{s}"),
+        }
+    }
+}
+
+/// The endpoint-selection algorithm of a pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Balance {
+    /// Weighted least in-flight requests over the whole pool.
+    #[default]
+    LeastConnections,
+    /// Weighted least in-flight requests between two random endpoints.
+    PowerOfTwoChoices,
+}
+
+/// A pool of endpoints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pool {
+    /// Pool name.
+    pub name: String,
+    /// Selection algorithm.
+    pub balance: Balance,
+    /// Static endpoints.
+    pub endpoints: Vec<EndpointSpec>,
+    /// Active health checks, if any.
+    pub health_check: Option<HealthCheck>,
+    /// Passive outlier detection.
+    pub outlier_detection: OutlierDetection,
+    /// Retry policy.
+    pub retries: Retries,
+    /// Upstream timeouts.
+    pub timeouts: Timeouts,
+}
+
+/// An endpoint as configured.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct EndpointSpec {
+    /// `host:port`.
+    pub address: String,
+    /// Relative weight (1 to 1000).
+    pub weight: u32,
+}
+
+/// The default endpoint weight.
+pub const DEFAULT_WEIGHT: u32 = 100;
+
+/// Active health checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// Path requested with GET.
+    pub path: String,
+    /// Time between checks.
+    pub interval: Duration,
+    /// Time allowed for one check.
+    pub timeout: Duration,
+    /// Consecutive successes to go up.
+    pub rise: u32,
+    /// Consecutive failures to go down.
+    pub fall: u32,
+    /// Status codes that count as success.
+    pub expect_status: RangeInclusive<u16>,
+    /// Host header for checks; the endpoint address when `None`.
+    pub host: Option<String>,
+}
+
+/// Passive outlier detection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutlierDetection {
+    /// Whether it is on.
+    pub enabled: bool,
+    /// Consecutive failures (5xx, connect errors, timeouts) that eject.
+    pub consecutive_5xx: u32,
+    /// First ejection time, multiplied by the number of ejections.
+    pub base_ejection_time: Duration,
+    /// Cap on the ejection time.
+    pub max_ejection_time: Duration,
+    /// Most of the pool ejected at once, in percent; one endpoint always may be.
+    pub max_ejection_percent: u32,
+}
+
+impl Default for OutlierDetection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            consecutive_5xx: 5,
+            base_ejection_time: Duration::from_secs(30),
+            max_ejection_time: Duration::from_secs(300),
+            max_ejection_percent: 10,
+        }
+    }
+}
+
+/// Retry policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retries {
+    /// Retries after the first try.
+    pub attempts: u32,
+    /// Retries in flight as a percentage of requests in flight.
+    pub budget_percent: u32,
+    /// Retries always allowed in flight.
+    pub min_concurrency: u32,
+}
+
+impl Default for Retries {
+    fn default() -> Self {
+        Self {
+            attempts: 2,
+            budget_percent: 20,
+            min_concurrency: 3,
+        }
+    }
+}
+
+/// Upstream timeouts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timeouts {
+    /// TCP connect.
+    pub connect: Duration,
+    /// From sending the request to receiving the response headers.
+    pub response: Duration,
+    /// Idle pooled connections are closed after this (keep it below the backends' keep-alive).
+    pub idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(2),
+            response: Duration::from_secs(60),
+            idle: Duration::from_secs(4),
+        }
+    }
+}
+
+/// A config error: which file, which field, what is wrong, and how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The config file.
+    pub file: PathBuf,
+    /// Field path such as `pools.moodle.healthCheck.interval`; empty for the whole file.
+    pub field: String,
+    /// What is wrong, with a fix where one is known.
+    pub problem: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field.is_empty() {
+            write!(f, "{}: {}", self.file.display(), self.problem)
+        } else {
+            write!(
+                f,
+                "{}: field `{}`: {}",
+                self.file.display(),
+                self.field,
+                self.problem
+            )
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A validation failure before the file name is known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// Field path.
+    pub field: String,
+    /// What is wrong and how to fix it.
+    pub problem: String,
+}
+
+impl FieldError {
+    /// A new error at `field`.
+    pub fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            problem: problem.into(),
+        }
+    }
+
+    fn in_file(self, file: &Path) -> ConfigError {
+        ConfigError {
+            file: file.to_path_buf(),
+            field: self.field,
+            problem: self.problem,
+        }
+    }
+}
+
+/// Reads, parses and validates the config file at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.to_path_buf(),
+        field: String::new(),
+        problem: format!("cannot read the file: {e}"),
+    })?;
+    from_str(&text, path)
+}
+
+/// Parses and validates config text; `path` names the file in errors and
+/// anchors relative certificate paths.
+pub fn from_str(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    let raw = parse_raw(text).map_err(|e| e.in_file(path))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    validate::config(raw, base, path).map_err(|e| e.in_file(path))
+}
+
+fn parse_raw(text: &str) -> Result<raw::RawConfig, FieldError> {
+    let mut field = String::new();
+    let result = serde_saphyr::with_deserializer_from_str(text, |de| {
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            field = e.path().to_string();
+            e.into_inner()
+        })
+    });
+    result.map_err(|e| {
+        let location = e
+            .location()
+            .map(|l| format!(" (line {}, column {})", l.line(), l.column()))
+            .unwrap_or_default();
+        let field = if field == "." { String::new() } else { field };
+        FieldError::new(field, format!("{}{location}", first_line(&e.to_string())))
+    })
+}
+
+fn first_line(text: &str) -> String {
+    text.lines().next().unwrap_or_default().trim().to_string()
+}

@@ -1,0 +1,391 @@
+//! Live per-endpoint state, kept outside the config snapshot so that reloads
+//! never reset in-flight counts, health or ejections.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
+
+use crate::config::{HealthCheck, OutlierDetection};
+use crate::health::outlier::{self, Outcome};
+use crate::health::{HealthCounter, OutlierState, Transition};
+use crate::metrics::{CODE_CLASSES, CheckLabels, EndpointClassLabels, EndpointLabels, Metrics};
+
+/// An endpoint's state as operators see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthState {
+    /// Takes new requests.
+    Healthy,
+    /// Failing active checks.
+    Unhealthy,
+    /// Ejected by passive outlier detection.
+    Ejected,
+    /// Removed from the config; finishing its in-flight requests.
+    Draining,
+}
+
+impl HealthState {
+    /// Every state, in label order.
+    pub const ALL: [Self; 4] = [Self::Healthy, Self::Unhealthy, Self::Ejected, Self::Draining];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Healthy => "healthy",
+            Self::Unhealthy => "unhealthy",
+            Self::Ejected => "ejected",
+            Self::Draining => "draining",
+        }
+    }
+
+    /// Position in [`Self::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// The last active check of an endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckResult {
+    /// When it finished.
+    pub at: std::time::SystemTime,
+    /// Whether it passed.
+    pub ok: bool,
+    /// Status code, or the error.
+    pub detail: String,
+}
+
+struct Health {
+    counter: HealthCounter,
+    outlier: OutlierState,
+    last_check: Option<CheckResult>,
+}
+
+/// Cached metric handles of one endpoint.
+struct EndpointMetrics {
+    responses: [Counter; 5],
+    latency: Histogram,
+    connect_errors: Counter,
+    upstream_errors: Counter,
+    retries: Counter,
+    ejections: Counter,
+    checks_ok: Counter,
+    checks_failed: Counter,
+}
+
+/// Live state of one endpoint of one pool.
+pub struct EndpointState {
+    pool: String,
+    address: String,
+    in_flight: AtomicU64,
+    /// Fast-path copy of `health.counter.is_healthy()`.
+    healthy: AtomicBool,
+    /// Fast-path copy of "ejected right now" (cleared lazily when the time passes).
+    ejected: AtomicBool,
+    draining: AtomicBool,
+    health: Mutex<Health>,
+    metrics: EndpointMetrics,
+}
+
+impl std::fmt::Debug for EndpointState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EndpointState")
+            .field("pool", &self.pool)
+            .field("address", &self.address)
+            .field("in_flight", &self.in_flight())
+            .finish_non_exhaustive()
+    }
+}
+
+impl EndpointState {
+    fn new(pool: &str, address: &str, counter: HealthCounter, metrics: &Metrics) -> Self {
+        let labels = EndpointLabels { pool: pool.to_string(), endpoint: address.to_string() };
+        let class = |code_class| EndpointClassLabels { pool: pool.to_string(), endpoint: address.to_string(), code_class };
+        let check = |result| CheckLabels { pool: pool.to_string(), endpoint: address.to_string(), result };
+        Self {
+            pool: pool.to_string(),
+            address: address.to_string(),
+            in_flight: AtomicU64::new(0),
+            healthy: AtomicBool::new(counter.is_healthy()),
+            ejected: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            health: Mutex::new(Health { counter, outlier: OutlierState::default(), last_check: None }),
+            metrics: EndpointMetrics {
+                responses: CODE_CLASSES.map(|c| metrics.upstream_responses.get_or_create_owned(&class(c))),
+                latency: metrics.upstream_latency.get_or_create_owned(&labels),
+                connect_errors: metrics.connect_errors.get_or_create_owned(&labels),
+                upstream_errors: metrics.upstream_errors.get_or_create_owned(&labels),
+                retries: metrics.retries.get_or_create_owned(&labels),
+                ejections: metrics.ejections.get_or_create_owned(&labels),
+                checks_ok: metrics.health_checks.get_or_create_owned(&check("success")),
+                checks_failed: metrics.health_checks.get_or_create_owned(&check("failure")),
+            },
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Health> {
+        self.health.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Pool name.
+    pub fn pool(&self) -> &str {
+        &self.pool
+    }
+
+    /// `host:port`.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// Requests (and upgraded connections) in flight.
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request in flight until the guard drops.
+    pub fn start_request(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight { endpoint: self.clone() }
+    }
+
+    /// Whether it may take a new request at `now`.
+    pub fn is_available(&self, now: Instant) -> bool {
+        if !self.healthy.load(Ordering::Relaxed) || self.draining.load(Ordering::Relaxed) {
+            return false;
+        }
+        if self.ejected.load(Ordering::Relaxed) {
+            let h = self.lock();
+            if h.outlier.is_ejected(now) {
+                return false;
+            }
+            drop(h);
+            self.ejected.store(false, Ordering::Relaxed);
+        }
+        true
+    }
+
+    /// Whether it is ejected at `now`.
+    pub fn is_ejected(&self, now: Instant) -> bool {
+        self.ejected.load(Ordering::Relaxed) && self.lock().outlier.is_ejected(now)
+    }
+
+    /// The state operators see.
+    pub fn state(&self, now: Instant) -> HealthState {
+        if self.draining.load(Ordering::Relaxed) {
+            HealthState::Draining
+        } else if !self.healthy.load(Ordering::Relaxed) {
+            HealthState::Unhealthy
+        } else if self.is_ejected(now) {
+            HealthState::Ejected
+        } else {
+            HealthState::Healthy
+        }
+    }
+
+    /// Whether it was removed from the config.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    fn set_draining(&self, draining: bool) {
+        self.draining.store(draining, Ordering::Relaxed);
+    }
+
+    /// Records the outcome of a proxied request for outlier detection and
+    /// metrics. `status` is `None` for a failure before any response
+    /// (`connect` says whether it was a connect failure).
+    /// Returns the ejection deadline if this outcome ejected the endpoint.
+    pub fn record_outcome(
+        &self,
+        result: Result<u16, bool>,
+        now: Instant,
+        settings: &OutlierDetection,
+        may_eject: impl FnOnce() -> bool,
+    ) -> Option<Instant> {
+        let ok = match result {
+            Ok(status) => {
+                self.metrics.responses[crate::metrics::class_index(status)].inc();
+                status < 500
+            }
+            Err(connect) => {
+                if connect {
+                    self.metrics.connect_errors.inc();
+                } else {
+                    self.metrics.upstream_errors.inc();
+                }
+                false
+            }
+        };
+        // Count the pool's ejections only when this failure reaches the
+        // threshold, and never while holding this endpoint's lock.
+        let reaching = !ok
+            && settings.enabled
+            && self.lock().outlier.consecutive_failures() + 1 >= settings.consecutive_5xx;
+        let allowed = reaching && may_eject();
+        match self.lock().outlier.record(ok, now, settings, allowed) {
+            Outcome::Ejected(until) => {
+                self.ejected.store(true, Ordering::Relaxed);
+                self.metrics.ejections.inc();
+                Some(until)
+            }
+            Outcome::Nothing | Outcome::CapReached => None,
+        }
+    }
+
+    /// Records the response latency.
+    pub fn observe_latency(&self, seconds: f64) {
+        self.metrics.latency.observe(seconds);
+    }
+
+    /// Counts a retry caused by this endpoint's failure.
+    pub fn count_retry(&self) {
+        self.metrics.retries.inc();
+    }
+
+    /// Records an active check result; returns the transition it caused, and
+    /// whether it ended an ejection.
+    pub fn record_check(&self, result: CheckResult, settings: &HealthCheck, now: Instant) -> (Option<Transition>, bool) {
+        if result.ok {
+            self.metrics.checks_ok.inc();
+        } else {
+            self.metrics.checks_failed.inc();
+        }
+        let mut h = self.lock();
+        h.counter.set_thresholds(settings.rise, settings.fall);
+        let transition = h.counter.record(result.ok);
+        let unejected = result.ok && h.outlier.uneject(now);
+        if unejected {
+            self.ejected.store(false, Ordering::Relaxed);
+        }
+        self.healthy.store(h.counter.is_healthy(), Ordering::Relaxed);
+        h.last_check = Some(result);
+        (transition, unejected)
+    }
+
+    /// The last active check, if any.
+    pub fn last_check(&self) -> Option<CheckResult> {
+        self.lock().last_check.clone()
+    }
+
+    /// Ejection deadline, if ejected at `now`.
+    pub fn ejected_until(&self, now: Instant) -> Option<Instant> {
+        self.lock().outlier.ejected_until(now)
+    }
+}
+
+/// Keeps an endpoint's in-flight count raised while alive.
+#[derive(Debug)]
+pub struct InFlight {
+    endpoint: Arc<EndpointState>,
+}
+
+impl InFlight {
+    /// The endpoint.
+    pub fn endpoint(&self) -> &Arc<EndpointState> {
+        &self.endpoint
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Every endpoint's live state, keyed by (pool, address).
+#[derive(Debug)]
+pub struct Endpoints {
+    map: Mutex<HashMap<(String, String), Arc<EndpointState>>>,
+    metrics: Metrics,
+}
+
+impl Endpoints {
+    /// An empty registry whose endpoints report to `metrics`.
+    pub fn new(metrics: Metrics) -> Self {
+        Self { map: Mutex::new(HashMap::new()), metrics }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<(String, String), Arc<EndpointState>>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The state of `address` in `pool`, created if new. A new endpoint with
+    /// health checks waits for its first check unless `initial` (present at
+    /// process start). A draining endpoint that is configured again is revived.
+    pub fn get_or_create(&self, pool: &str, address: &str, check: Option<&HealthCheck>, initial: bool) -> Arc<EndpointState> {
+        let mut map = self.lock();
+        if let Some(state) = map.get(&(pool.to_string(), address.to_string())) {
+            state.set_draining(false);
+            return state.clone();
+        }
+        let counter = match check {
+            Some(c) if !initial => HealthCounter::awaiting_first_check(c.rise, c.fall),
+            Some(c) => HealthCounter::healthy(c.rise, c.fall),
+            None => HealthCounter::healthy(1, 1),
+        };
+        let state = Arc::new(EndpointState::new(pool, address, counter, &self.metrics));
+        map.insert((pool.to_string(), address.to_string()), state.clone());
+        state
+    }
+
+    /// Marks every endpoint not in `keep` as draining: it takes no new
+    /// requests and is forgotten once its in-flight requests finish.
+    pub fn retain(&self, keep: &[Arc<EndpointState>]) {
+        let map = self.lock();
+        for state in map.values() {
+            if !keep.iter().any(|k| Arc::ptr_eq(k, state)) {
+                state.set_draining(true);
+            }
+        }
+    }
+
+    /// Forgets draining endpoints with nothing in flight; returns how many.
+    pub fn sweep(&self) -> usize {
+        let mut map = self.lock();
+        let gone: Vec<_> = map
+            .iter()
+            .filter(|(_, s)| s.is_draining() && s.in_flight() == 0)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in &gone {
+            map.remove(key);
+            self.forget_metrics(&key.0, &key.1);
+        }
+        gone.len()
+    }
+
+    fn forget_metrics(&self, pool: &str, address: &str) {
+        let labels = EndpointLabels { pool: pool.to_string(), endpoint: address.to_string() };
+        for c in CODE_CLASSES {
+            self.metrics.upstream_responses.remove(&EndpointClassLabels {
+                pool: pool.to_string(),
+                endpoint: address.to_string(),
+                code_class: c,
+            });
+        }
+        for result in ["success", "failure"] {
+            self.metrics.health_checks.remove(&CheckLabels { pool: pool.to_string(), endpoint: address.to_string(), result });
+        }
+        self.metrics.upstream_latency.remove(&labels);
+        self.metrics.connect_errors.remove(&labels);
+        self.metrics.upstream_errors.remove(&labels);
+        self.metrics.retries.remove(&labels);
+        self.metrics.ejections.remove(&labels);
+    }
+
+    /// Every endpoint, sorted by pool and address.
+    pub fn all(&self) -> Vec<Arc<EndpointState>> {
+        let mut all: Vec<_> = self.lock().values().cloned().collect();
+        all.sort_by(|a, b| (a.pool(), a.address()).cmp(&(b.pool(), b.address())));
+        all
+    }
+}
+
+/// Whether a pool whose endpoints are `members` may eject one more.
+pub fn pool_may_eject(members: &[Arc<EndpointState>], percent: u32, now: Instant) -> bool {
+    let ejected = members.iter().filter(|m| m.is_ejected(now)).count();
+    outlier::may_eject(members.len(), ejected, percent)
+}

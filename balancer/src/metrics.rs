@@ -1,0 +1,291 @@
+//! Prometheus metrics, all prefixed `usher_balancer_`.
+//!
+//! Counters and histograms live in families whose per-endpoint handles are
+//! cached in each endpoint's live state, so the request path never looks up
+//! labels. Gauges of live state (in-flight, health) are read at scrape time
+//! by [`LiveCollector`].
+
+use std::fmt;
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::endpoint::{EndpointState, Endpoints};
+
+/// Labels of a per-endpoint metric.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    /// Pool name.
+    pub pool: String,
+    /// Endpoint `host:port`.
+    pub endpoint: String,
+}
+
+/// Labels of a per-endpoint metric by status class.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointClassLabels {
+    /// Pool name.
+    pub pool: String,
+    /// Endpoint `host:port`.
+    pub endpoint: String,
+    /// `1xx` to `5xx`.
+    pub code_class: &'static str,
+}
+
+/// Labels of a per-pool metric by status class.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolClassLabels {
+    /// Pool name (`none` when no route matched).
+    pub pool: String,
+    /// `1xx` to `5xx`.
+    pub code_class: &'static str,
+}
+
+/// Labels of a per-pool metric.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabels {
+    /// Pool name.
+    pub pool: String,
+}
+
+/// Labels with a result.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// `success` or `failure`.
+    pub result: &'static str,
+}
+
+/// Labels of a health-check counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CheckLabels {
+    /// Pool name.
+    pub pool: String,
+    /// Endpoint `host:port`.
+    pub endpoint: String,
+    /// `success` or `failure`.
+    pub result: &'static str,
+}
+
+/// Labels of a per-listener metric.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    /// Listener name.
+    pub listener: String,
+}
+
+/// Status classes in label form, indexed by `status / 100 - 1`.
+pub const CODE_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// The class index of a status code.
+pub fn class_index(status: u16) -> usize {
+    usize::from(status / 100).clamp(1, 5) - 1
+}
+
+fn latency_histogram() -> Histogram {
+    // 1 ms to ~33 s.
+    Histogram::new([
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    ])
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Every metric family of the balancer.
+#[derive(Clone)]
+pub struct Metrics {
+    /// Upstream responses by endpoint and status class.
+    pub upstream_responses: Family<EndpointClassLabels, Counter>,
+    /// Responses sent to clients by pool and status class, local errors included.
+    pub pool_responses: Family<PoolClassLabels, Counter>,
+    /// Time from sending a request upstream to its response headers.
+    pub upstream_latency: HistogramFamily<EndpointLabels>,
+    /// Upstream connect failures.
+    pub connect_errors: Family<EndpointLabels, Counter>,
+    /// Upstream failures other than connect errors (resets, timeouts).
+    pub upstream_errors: Family<EndpointLabels, Counter>,
+    /// Retries sent, by the endpoint that failed.
+    pub retries: Family<EndpointLabels, Counter>,
+    /// Retries refused by the budget.
+    pub retries_budget_exhausted: Family<PoolLabels, Counter>,
+    /// Passive ejections.
+    pub ejections: Family<EndpointLabels, Counter>,
+    /// Active health-check results.
+    pub health_checks: Family<CheckLabels, Counter>,
+    /// Config reloads by result.
+    pub config_reloads: Family<ResultLabels, Counter>,
+    /// 1 if the last reload attempt succeeded.
+    pub config_last_reload_successful: Gauge,
+    /// Unix time of the last successful (re)load.
+    pub config_last_reload_success_timestamp: Gauge,
+    /// Open client connections per listener.
+    pub downstream_connections: Family<ListenerLabels, Gauge>,
+    /// Accepted client connections per listener.
+    pub downstream_connections_total: Family<ListenerLabels, Counter>,
+    /// Failed TLS handshakes per listener.
+    pub tls_handshake_errors: Family<ListenerLabels, Counter>,
+}
+
+impl fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            upstream_responses: Family::default(),
+            pool_responses: Family::default(),
+            upstream_latency: Family::new_with_constructor(latency_histogram),
+            connect_errors: Family::default(),
+            upstream_errors: Family::default(),
+            retries: Family::default(),
+            retries_budget_exhausted: Family::default(),
+            ejections: Family::default(),
+            health_checks: Family::default(),
+            config_reloads: Family::default(),
+            config_last_reload_successful: Gauge::default(),
+            config_last_reload_success_timestamp: Gauge::default(),
+            downstream_connections: Family::default(),
+            downstream_connections_total: Family::default(),
+            tls_handshake_errors: Family::default(),
+        }
+    }
+}
+
+impl Metrics {
+    /// A registry exposing these families and the live endpoint gauges.
+    pub fn registry(&self, endpoints: Arc<Endpoints>) -> Registry {
+        let mut r = Registry::with_prefix("usher_balancer");
+        r.register("upstream_responses", "Upstream responses by endpoint and status class", self.upstream_responses.clone());
+        r.register("pool_responses", "Responses sent to clients by pool and status class, including locally generated 502/503/504", self.pool_responses.clone());
+        r.register("upstream_response_duration_seconds", "Time from sending a request upstream to receiving its response headers", self.upstream_latency.clone());
+        r.register("upstream_connect_errors", "Failed upstream connection attempts", self.connect_errors.clone());
+        r.register("upstream_errors", "Upstream failures after connecting: resets, premature closes, response timeouts", self.upstream_errors.clone());
+        r.register("retries", "Retries sent after a failure of this endpoint", self.retries.clone());
+        r.register("retry_budget_exhausted", "Retries refused because the pool's retry budget was spent", self.retries_budget_exhausted.clone());
+        r.register("ejections", "Passive outlier ejections", self.ejections.clone());
+        r.register("health_checks", "Active health check results", self.health_checks.clone());
+        r.register("config_reloads", "Config reload attempts by result", self.config_reloads.clone());
+        r.register("config_last_reload_successful", "1 if the last config reload attempt succeeded, else 0", self.config_last_reload_successful.clone());
+        r.register("config_last_reload_success_timestamp_seconds", "Unix time of the last successful config load", self.config_last_reload_success_timestamp.clone());
+        r.register("downstream_connections", "Open client connections", self.downstream_connections.clone());
+        r.register("downstream_connections_accepted", "Accepted client connections", self.downstream_connections_total.clone());
+        r.register("tls_handshake_errors", "Failed TLS handshakes", self.tls_handshake_errors.clone());
+        r.register_collector(Box::new(LiveCollector { endpoints }));
+        r
+    }
+}
+
+/// Encodes a registry in the Prometheus text format.
+pub fn encode(registry: &Registry) -> String {
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, registry).expect("writing to a String cannot fail");
+    out
+}
+
+/// Reads live endpoint state at scrape time.
+#[derive(Debug)]
+pub struct LiveCollector {
+    endpoints: Arc<Endpoints>,
+}
+
+/// Labels of an endpoint state gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    pool: String,
+    endpoint: String,
+    state: &'static str,
+}
+
+/// Labels of a pool state gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolStateLabels {
+    pool: String,
+    state: &'static str,
+}
+
+impl Collector for LiveCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), fmt::Error> {
+        let states: Vec<Arc<EndpointState>> = self.endpoints.all();
+        let now = std::time::Instant::now();
+
+        {
+        let mut e = encoder.encode_descriptor(
+            "usher_balancer_in_flight_requests",
+            "Requests and upgraded connections in flight to an endpoint",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for s in &states {
+            let labels = EndpointLabels { pool: s.pool().to_string(), endpoint: s.address().to_string() };
+            ConstGauge::new(s.in_flight() as i64).encode(e.encode_family(&labels)?)?;
+        }
+        }
+
+        let mut pools: Vec<(&str, i64, [i64; 4])> = Vec::new();
+        for s in &states {
+            let state = s.state(now);
+            let idx = state.index();
+            match pools.iter_mut().find(|(p, _, _)| *p == s.pool()) {
+                Some((_, inflight, counts)) => {
+                    *inflight += s.in_flight() as i64;
+                    counts[idx] += 1;
+                }
+                None => {
+                    let mut counts = [0; 4];
+                    counts[idx] = 1;
+                    pools.push((s.pool(), s.in_flight() as i64, counts));
+                }
+            }
+        }
+
+        {
+        let mut e2 = encoder.encode_descriptor(
+            "usher_balancer_pool_in_flight_requests",
+            "Requests and upgraded connections in flight to a pool",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for (pool, inflight, _) in &pools {
+            ConstGauge::new(*inflight).encode(e2.encode_family(&PoolLabels { pool: pool.to_string() })?)?;
+        }
+        }
+
+        {
+        let mut e3 = encoder.encode_descriptor(
+            "usher_balancer_endpoint_state",
+            "1 for the endpoint's current state: healthy, unhealthy, ejected or draining",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for s in &states {
+            let current = s.state(now);
+            for st in crate::endpoint::HealthState::ALL {
+                let labels = StateLabels { pool: s.pool().to_string(), endpoint: s.address().to_string(), state: st.as_str() };
+                ConstGauge::new(i64::from(st == current)).encode(e3.encode_family(&labels)?)?;
+            }
+        }
+        }
+
+        let mut e4 = encoder.encode_descriptor(
+            "usher_balancer_pool_endpoints",
+            "Endpoints of a pool by state",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for (pool, _, counts) in &pools {
+            for st in crate::endpoint::HealthState::ALL {
+                let labels = PoolStateLabels { pool: pool.to_string(), state: st.as_str() };
+                ConstGauge::new(counts[st.index()]).encode(e4.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}

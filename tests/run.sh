@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Runs every test of the project on a fresh machine: installs what the tests
+# need, then checks formatting and lints, then runs the whole test suite.
+# .ci/run calls exactly this script.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Build artefacts are cached outside the repo so clean clones rebuild little.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/usher/target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+mkdir -p "$CARGO_TARGET_DIR"
+
+need() { command -v "$1" >/dev/null 2>&1; }
+if ! need cargo; then
+  echo "error: cargo is not installed; install Rust (https://rustup.rs) and run again" >&2
+  exit 1
+fi
+# Debian packages used by the tests and example scripts.
+missing=()
+need curl || missing+=(curl)
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && apt-get install -y -qq "${missing[@]}"
+  else
+    sudo apt-get update -qq && sudo apt-get install -y -qq "${missing[@]}"
+  fi
+fi
+rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt clippy >/dev/null 2>&1 || true
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo test"
+cargo test --workspace --locked

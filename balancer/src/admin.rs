@@ -19,9 +19,17 @@ use tokio_util::sync::CancellationToken;
 use crate::state::Shared;
 
 /// Serves the admin endpoints until `stop` is cancelled.
-pub async fn serve(tcp: TcpListener, shared: Arc<Shared>, registry: Arc<Registry>, stop: CancellationToken) {
+pub async fn serve(
+    tcp: TcpListener,
+    shared: Arc<Shared>,
+    registry: Arc<Registry>,
+    stop: CancellationToken,
+) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(std::time::Duration::from_secs(10));
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(std::time::Duration::from_secs(10));
     loop {
         let stream = tokio::select! {
             () = stop.cancelled() => break,
@@ -39,22 +47,35 @@ pub async fn serve(tcp: TcpListener, shared: Arc<Shared>, registry: Arc<Registry
                 let registry = registry.clone();
                 async move { Ok::<_, Infallible>(route(&shared, &registry, &req)) }
             });
-            let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+            let _ = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
         });
     }
 }
 
-fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+fn respond(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
 }
 
 fn authorized(shared: &Shared, req: &Request<Incoming>) -> bool {
     let snapshot = shared.snapshot.load();
-    let Some(token) = snapshot.config.admin.as_ref().and_then(|a| a.token.as_deref()) else {
+    let Some(token) = snapshot
+        .config
+        .admin
+        .as_ref()
+        .and_then(|a| a.token.as_deref())
+    else {
         return true;
     };
     let given = req
@@ -70,7 +91,10 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     use sha2::{Digest, Sha256};
     // Compare digests so neither length nor content leaks through timing.
     let (da, db) = (Sha256::digest(a), Sha256::digest(b));
-    da.iter().zip(db.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    da.iter()
+        .zip(db.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
 }
 
 fn route(shared: &Shared, registry: &Registry, req: &Request<Incoming>) -> Response<Full<Bytes>> {
@@ -87,8 +111,13 @@ fn route(shared: &Shared, registry: &Registry, req: &Request<Incoming>) -> Respo
             }
         }
         "/metrics" | "/status" if !authorized(shared, req) => {
-            let mut r = respond(StatusCode::UNAUTHORIZED, "text/plain", "a bearer token is required\n");
-            r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            let mut r = respond(
+                StatusCode::UNAUTHORIZED,
+                "text/plain",
+                "a bearer token is required\n",
+            );
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             r
         }
         "/metrics" => respond(
@@ -96,8 +125,16 @@ fn route(shared: &Shared, registry: &Registry, req: &Request<Incoming>) -> Respo
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
             crate::metrics::encode(registry),
         ),
-        "/status" => respond(StatusCode::OK, "application/json", status_json(shared).to_string()),
-        _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found; try /metrics, /status, /healthz or /readyz\n"),
+        "/status" => respond(
+            StatusCode::OK,
+            "application/json",
+            status_json(shared).to_string(),
+        ),
+        _ => respond(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found; try /metrics, /status, /healthz or /readyz\n",
+        ),
     }
 }
 
@@ -108,7 +145,11 @@ pub fn status_json(shared: &Shared) -> serde_json::Value {
     let weights: std::collections::HashMap<(&str, &str), u32> = snapshot
         .pools
         .iter()
-        .flat_map(|p| p.members.iter().map(move |m| ((p.settings.name.as_str(), m.state.address()), m.weight)))
+        .flat_map(|p| {
+            p.members
+                .iter()
+                .map(move |m| ((p.settings.name.as_str(), m.state.address()), m.weight))
+        })
         .collect();
     let states = shared.endpoints.all();
     let pools: Vec<_> = snapshot

@@ -29,7 +29,12 @@ pub enum HealthState {
 
 impl HealthState {
     /// Every state, in label order.
-    pub const ALL: [Self; 4] = [Self::Healthy, Self::Unhealthy, Self::Ejected, Self::Draining];
+    pub const ALL: [Self; 4] = [
+        Self::Healthy,
+        Self::Unhealthy,
+        Self::Ejected,
+        Self::Draining,
+    ];
 
     /// The label value.
     pub fn as_str(self) -> &'static str {
@@ -102,9 +107,20 @@ impl std::fmt::Debug for EndpointState {
 
 impl EndpointState {
     fn new(pool: &str, address: &str, counter: HealthCounter, metrics: &Metrics) -> Self {
-        let labels = EndpointLabels { pool: pool.to_string(), endpoint: address.to_string() };
-        let class = |code_class| EndpointClassLabels { pool: pool.to_string(), endpoint: address.to_string(), code_class };
-        let check = |result| CheckLabels { pool: pool.to_string(), endpoint: address.to_string(), result };
+        let labels = EndpointLabels {
+            pool: pool.to_string(),
+            endpoint: address.to_string(),
+        };
+        let class = |code_class| EndpointClassLabels {
+            pool: pool.to_string(),
+            endpoint: address.to_string(),
+            code_class,
+        };
+        let check = |result| CheckLabels {
+            pool: pool.to_string(),
+            endpoint: address.to_string(),
+            result,
+        };
         Self {
             pool: pool.to_string(),
             address: address.to_string(),
@@ -112,9 +128,14 @@ impl EndpointState {
             healthy: AtomicBool::new(counter.is_healthy()),
             ejected: AtomicBool::new(false),
             draining: AtomicBool::new(false),
-            health: Mutex::new(Health { counter, outlier: OutlierState::default(), last_check: None }),
+            health: Mutex::new(Health {
+                counter,
+                outlier: OutlierState::default(),
+                last_check: None,
+            }),
             metrics: EndpointMetrics {
-                responses: CODE_CLASSES.map(|c| metrics.upstream_responses.get_or_create_owned(&class(c))),
+                responses: CODE_CLASSES
+                    .map(|c| metrics.upstream_responses.get_or_create_owned(&class(c))),
                 latency: metrics.upstream_latency.get_or_create_owned(&labels),
                 connect_errors: metrics.connect_errors.get_or_create_owned(&labels),
                 upstream_errors: metrics.upstream_errors.get_or_create_owned(&labels),
@@ -148,7 +169,9 @@ impl EndpointState {
     /// Counts a request in flight until the guard drops.
     pub fn start_request(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight { endpoint: self.clone() }
+        InFlight {
+            endpoint: self.clone(),
+        }
     }
 
     /// Whether it may take a new request at `now`.
@@ -247,7 +270,12 @@ impl EndpointState {
 
     /// Records an active check result; returns the transition it caused, and
     /// whether it ended an ejection.
-    pub fn record_check(&self, result: CheckResult, settings: &HealthCheck, now: Instant) -> (Option<Transition>, bool) {
+    pub fn record_check(
+        &self,
+        result: CheckResult,
+        settings: &HealthCheck,
+        now: Instant,
+    ) -> (Option<Transition>, bool) {
         if result.ok {
             self.metrics.checks_ok.inc();
         } else {
@@ -260,7 +288,8 @@ impl EndpointState {
         if unejected {
             self.ejected.store(false, Ordering::Relaxed);
         }
-        self.healthy.store(h.counter.is_healthy(), Ordering::Relaxed);
+        self.healthy
+            .store(h.counter.is_healthy(), Ordering::Relaxed);
         h.last_check = Some(result);
         (transition, unejected)
     }
@@ -305,7 +334,10 @@ pub struct Endpoints {
 impl Endpoints {
     /// An empty registry whose endpoints report to `metrics`.
     pub fn new(metrics: Metrics) -> Self {
-        Self { map: Mutex::new(HashMap::new()), metrics }
+        Self {
+            map: Mutex::new(HashMap::new()),
+            metrics,
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<(String, String), Arc<EndpointState>>> {
@@ -315,7 +347,13 @@ impl Endpoints {
     /// The state of `address` in `pool`, created if new. A new endpoint with
     /// health checks waits for its first check unless `initial` (present at
     /// process start). A draining endpoint that is configured again is revived.
-    pub fn get_or_create(&self, pool: &str, address: &str, check: Option<&HealthCheck>, initial: bool) -> Arc<EndpointState> {
+    pub fn get_or_create(
+        &self,
+        pool: &str,
+        address: &str,
+        check: Option<&HealthCheck>,
+        initial: bool,
+    ) -> Arc<EndpointState> {
         let mut map = self.lock();
         if let Some(state) = map.get(&(pool.to_string(), address.to_string())) {
             state.set_draining(false);
@@ -358,16 +396,25 @@ impl Endpoints {
     }
 
     fn forget_metrics(&self, pool: &str, address: &str) {
-        let labels = EndpointLabels { pool: pool.to_string(), endpoint: address.to_string() };
+        let labels = EndpointLabels {
+            pool: pool.to_string(),
+            endpoint: address.to_string(),
+        };
         for c in CODE_CLASSES {
-            self.metrics.upstream_responses.remove(&EndpointClassLabels {
-                pool: pool.to_string(),
-                endpoint: address.to_string(),
-                code_class: c,
-            });
+            self.metrics
+                .upstream_responses
+                .remove(&EndpointClassLabels {
+                    pool: pool.to_string(),
+                    endpoint: address.to_string(),
+                    code_class: c,
+                });
         }
         for result in ["success", "failure"] {
-            self.metrics.health_checks.remove(&CheckLabels { pool: pool.to_string(), endpoint: address.to_string(), result });
+            self.metrics.health_checks.remove(&CheckLabels {
+                pool: pool.to_string(),
+                endpoint: address.to_string(),
+                result,
+            });
         }
         self.metrics.upstream_latency.remove(&labels);
         self.metrics.connect_errors.remove(&labels);

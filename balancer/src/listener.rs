@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use arc_swap::ArcSwap;
 use hyper::service::service_fn;
@@ -42,7 +43,10 @@ impl ListenerRuntime {
             .timer(TokioTimer::new())
             .max_header_list_size(limits.max_header_bytes as u32)
             .keep_alive_interval(Some(std::time::Duration::from_secs(30)));
-        Self { limits: limits.clone(), builder }
+        Self {
+            limits: limits.clone(),
+            builder,
+        }
     }
 }
 
@@ -75,7 +79,8 @@ impl BoundListener {
     /// Applies a reloaded listener config to new connections and handshakes.
     pub fn update(&self, config: &Listener) {
         if self.runtime.load().limits != config.limits {
-            self.runtime.store(Arc::new(ListenerRuntime::new(&config.limits)));
+            self.runtime
+                .store(Arc::new(ListenerRuntime::new(&config.limits)));
         }
         match (&self.resolver, &config.tls) {
             (Some(r), Some(t)) => r.update(t),
@@ -92,12 +97,28 @@ impl BoundListener {
 
     /// Accepts connections until shutdown begins.
     pub async fn serve(self: Arc<Self>, shared: Arc<Shared>) {
-        let Some(tcp) = self.tcp.lock().unwrap_or_else(|p| p.into_inner()).take() else { return };
-        let acceptor = self.resolver.clone().map(|r| TlsAcceptor::from(tls::server_config(r)));
-        let labels = ListenerLabels { listener: self.name.clone() };
-        let open = shared.metrics.downstream_connections.get_or_create_owned(&labels);
-        let accepted = shared.metrics.downstream_connections_total.get_or_create_owned(&labels);
-        let tls_errors = shared.metrics.tls_handshake_errors.get_or_create_owned(&labels);
+        let Some(tcp) = self.tcp.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+            return;
+        };
+        let acceptor = self
+            .resolver
+            .clone()
+            .map(|r| TlsAcceptor::from(tls::server_config(r)));
+        let labels = ListenerLabels {
+            listener: self.name.clone(),
+        };
+        let open = shared
+            .metrics
+            .downstream_connections
+            .get_or_create_owned(&labels);
+        let accepted = shared
+            .metrics
+            .downstream_connections_total
+            .get_or_create_owned(&labels);
+        let tls_errors = shared
+            .metrics
+            .tls_handshake_errors
+            .get_or_create_owned(&labels);
         loop {
             let (stream, peer) = tokio::select! {
                 biased;
@@ -117,16 +138,25 @@ impl BoundListener {
             let runtime = self.runtime.load_full();
             let shared2 = shared.clone();
             let acceptor = acceptor.clone();
-            let conn = ConnTracking { open: open.clone(), tls_errors: tls_errors.clone() };
+            let conn = ConnTracking {
+                open: open.clone(),
+                tls_errors: tls_errors.clone(),
+            };
             shared.tasks.spawn(async move {
                 conn.open.inc();
                 let _open = scopeguard(conn.open.clone());
                 match acceptor {
                     None => serve_connection(stream, peer, "http", runtime, shared2).await,
                     Some(acceptor) => {
-                        let handshake = tokio::time::timeout(runtime.limits.header_read_timeout, acceptor.accept(stream)).await;
+                        let handshake = tokio::time::timeout(
+                            runtime.limits.header_read_timeout,
+                            acceptor.accept(stream),
+                        )
+                        .await;
                         match handshake {
-                            Ok(Ok(tls)) => serve_connection(tls, peer, "https", runtime, shared2).await,
+                            Ok(Ok(tls)) => {
+                                serve_connection(tls, peer, "https", runtime, shared2).await
+                            }
                             Ok(Err(e)) => {
                                 conn.tls_errors.inc();
                                 tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -162,16 +192,46 @@ fn scopeguard(gauge: Gauge) -> OpenGuard {
     OpenGuard(gauge)
 }
 
-async fn serve_connection<I>(io: I, peer: SocketAddr, proto: &'static str, runtime: Arc<ListenerRuntime>, shared: Arc<Shared>)
-where
+async fn serve_connection<I>(
+    io: I,
+    peer: SocketAddr,
+    proto: &'static str,
+    runtime: Arc<ListenerRuntime>,
+    shared: Arc<Shared>,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let info = Arc::new(ConnInfo { peer, proto, max_body_bytes: runtime.limits.max_body_bytes });
+    let info = Arc::new(ConnInfo {
+        peer,
+        proto,
+        max_body_bytes: runtime.limits.max_body_bytes,
+    });
     let shared_for_service = shared.clone();
-    let service = service_fn(move |req| proxy::handle(shared_for_service.clone(), info.clone(), req));
-    let conn = runtime.builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    // hyper's header_read_timeout only starts once HTTP/1 parsing has begun:
+    // the protocol sniffing before it (auto builder) and the HTTP/2 preface and
+    // handshake have no deadline, so a client that connects and sends nothing
+    // (or a partial preface) would hold the connection forever. The first
+    // request's headers must arrive within headerReadTimeout.
+    let started = Arc::new(AtomicBool::new(false));
+    let started_for_service = started.clone();
+    let service = service_fn(move |req| {
+        started_for_service.store(true, Ordering::Relaxed);
+        proxy::handle(shared_for_service.clone(), info.clone(), req)
+    });
+    let first_request_deadline = async {
+        tokio::time::sleep(runtime.limits.header_read_timeout).await;
+        if started.load(Ordering::Relaxed) {
+            std::future::pending::<()>().await;
+        }
+    };
+    let conn = runtime
+        .builder
+        .serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
     tokio::select! {
+        () = first_request_deadline => {
+            tracing::debug!(%peer, "no request headers within headerReadTimeout; closing");
+        }
         result = conn.as_mut() => {
             if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "client connection ended with an error");

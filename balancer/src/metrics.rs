@@ -163,21 +163,77 @@ impl Metrics {
     /// A registry exposing these families and the live endpoint gauges.
     pub fn registry(&self, endpoints: Arc<Endpoints>) -> Registry {
         let mut r = Registry::with_prefix("usher_balancer");
-        r.register("upstream_responses", "Upstream responses by endpoint and status class", self.upstream_responses.clone());
+        r.register(
+            "upstream_responses",
+            "Upstream responses by endpoint and status class",
+            self.upstream_responses.clone(),
+        );
         r.register("pool_responses", "Responses sent to clients by pool and status class, including locally generated 502/503/504", self.pool_responses.clone());
-        r.register("upstream_response_duration_seconds", "Time from sending a request upstream to receiving its response headers", self.upstream_latency.clone());
-        r.register("upstream_connect_errors", "Failed upstream connection attempts", self.connect_errors.clone());
-        r.register("upstream_errors", "Upstream failures after connecting: resets, premature closes, response timeouts", self.upstream_errors.clone());
-        r.register("retries", "Retries sent after a failure of this endpoint", self.retries.clone());
-        r.register("retry_budget_exhausted", "Retries refused because the pool's retry budget was spent", self.retries_budget_exhausted.clone());
-        r.register("ejections", "Passive outlier ejections", self.ejections.clone());
-        r.register("health_checks", "Active health check results", self.health_checks.clone());
-        r.register("config_reloads", "Config reload attempts by result", self.config_reloads.clone());
-        r.register("config_last_reload_successful", "1 if the last config reload attempt succeeded, else 0", self.config_last_reload_successful.clone());
-        r.register("config_last_reload_success_timestamp_seconds", "Unix time of the last successful config load", self.config_last_reload_success_timestamp.clone());
-        r.register("downstream_connections", "Open client connections", self.downstream_connections.clone());
-        r.register("downstream_connections_accepted", "Accepted client connections", self.downstream_connections_total.clone());
-        r.register("tls_handshake_errors", "Failed TLS handshakes", self.tls_handshake_errors.clone());
+        r.register(
+            "upstream_response_duration_seconds",
+            "Time from sending a request upstream to receiving its response headers",
+            self.upstream_latency.clone(),
+        );
+        r.register(
+            "upstream_connect_errors",
+            "Failed upstream connection attempts",
+            self.connect_errors.clone(),
+        );
+        r.register(
+            "upstream_errors",
+            "Upstream failures after connecting: resets, premature closes, response timeouts",
+            self.upstream_errors.clone(),
+        );
+        r.register(
+            "retries",
+            "Retries sent after a failure of this endpoint",
+            self.retries.clone(),
+        );
+        r.register(
+            "retry_budget_exhausted",
+            "Retries refused because the pool's retry budget was spent",
+            self.retries_budget_exhausted.clone(),
+        );
+        r.register(
+            "ejections",
+            "Passive outlier ejections",
+            self.ejections.clone(),
+        );
+        r.register(
+            "health_checks",
+            "Active health check results",
+            self.health_checks.clone(),
+        );
+        r.register(
+            "config_reloads",
+            "Config reload attempts by result",
+            self.config_reloads.clone(),
+        );
+        r.register(
+            "config_last_reload_successful",
+            "1 if the last config reload attempt succeeded, else 0",
+            self.config_last_reload_successful.clone(),
+        );
+        r.register(
+            "config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful config load",
+            self.config_last_reload_success_timestamp.clone(),
+        );
+        r.register(
+            "downstream_connections",
+            "Open client connections",
+            self.downstream_connections.clone(),
+        );
+        r.register(
+            "downstream_connections_accepted",
+            "Accepted client connections",
+            self.downstream_connections_total.clone(),
+        );
+        r.register(
+            "tls_handshake_errors",
+            "Failed TLS handshakes",
+            self.tls_handshake_errors.clone(),
+        );
         r.register_collector(Box::new(LiveCollector { endpoints }));
         r
     }
@@ -186,7 +242,8 @@ impl Metrics {
 /// Encodes a registry in the Prometheus text format.
 pub fn encode(registry: &Registry) -> String {
     let mut out = String::new();
-    prometheus_client::encoding::text::encode(&mut out, registry).expect("writing to a String cannot fail");
+    prometheus_client::encoding::text::encode(&mut out, registry)
+        .expect("writing to a String cannot fail");
     out
 }
 
@@ -217,16 +274,19 @@ impl Collector for LiveCollector {
         let now = std::time::Instant::now();
 
         {
-        let mut e = encoder.encode_descriptor(
-            "usher_balancer_in_flight_requests",
-            "Requests and upgraded connections in flight to an endpoint",
-            None,
-            prometheus_client::metrics::MetricType::Gauge,
-        )?;
-        for s in &states {
-            let labels = EndpointLabels { pool: s.pool().to_string(), endpoint: s.address().to_string() };
-            ConstGauge::new(s.in_flight() as i64).encode(e.encode_family(&labels)?)?;
-        }
+            let mut e = encoder.encode_descriptor(
+                "usher_balancer_in_flight_requests",
+                "Requests and upgraded connections in flight to an endpoint",
+                None,
+                prometheus_client::metrics::MetricType::Gauge,
+            )?;
+            for s in &states {
+                let labels = EndpointLabels {
+                    pool: s.pool().to_string(),
+                    endpoint: s.address().to_string(),
+                };
+                ConstGauge::new(s.in_flight() as i64).encode(e.encode_family(&labels)?)?;
+            }
         }
 
         let mut pools: Vec<(&str, i64, [i64; 4])> = Vec::new();
@@ -247,31 +307,37 @@ impl Collector for LiveCollector {
         }
 
         {
-        let mut e2 = encoder.encode_descriptor(
-            "usher_balancer_pool_in_flight_requests",
-            "Requests and upgraded connections in flight to a pool",
-            None,
-            prometheus_client::metrics::MetricType::Gauge,
-        )?;
-        for (pool, inflight, _) in &pools {
-            ConstGauge::new(*inflight).encode(e2.encode_family(&PoolLabels { pool: pool.to_string() })?)?;
-        }
+            let mut e2 = encoder.encode_descriptor(
+                "usher_balancer_pool_in_flight_requests",
+                "Requests and upgraded connections in flight to a pool",
+                None,
+                prometheus_client::metrics::MetricType::Gauge,
+            )?;
+            for (pool, inflight, _) in &pools {
+                ConstGauge::new(*inflight).encode(e2.encode_family(&PoolLabels {
+                    pool: pool.to_string(),
+                })?)?;
+            }
         }
 
         {
-        let mut e3 = encoder.encode_descriptor(
-            "usher_balancer_endpoint_state",
-            "1 for the endpoint's current state: healthy, unhealthy, ejected or draining",
-            None,
-            prometheus_client::metrics::MetricType::Gauge,
-        )?;
-        for s in &states {
-            let current = s.state(now);
-            for st in crate::endpoint::HealthState::ALL {
-                let labels = StateLabels { pool: s.pool().to_string(), endpoint: s.address().to_string(), state: st.as_str() };
-                ConstGauge::new(i64::from(st == current)).encode(e3.encode_family(&labels)?)?;
+            let mut e3 = encoder.encode_descriptor(
+                "usher_balancer_endpoint_state",
+                "1 for the endpoint's current state: healthy, unhealthy, ejected or draining",
+                None,
+                prometheus_client::metrics::MetricType::Gauge,
+            )?;
+            for s in &states {
+                let current = s.state(now);
+                for st in crate::endpoint::HealthState::ALL {
+                    let labels = StateLabels {
+                        pool: s.pool().to_string(),
+                        endpoint: s.address().to_string(),
+                        state: st.as_str(),
+                    };
+                    ConstGauge::new(i64::from(st == current)).encode(e3.encode_family(&labels)?)?;
+                }
             }
-        }
         }
 
         let mut e4 = encoder.encode_descriptor(
@@ -282,7 +348,10 @@ impl Collector for LiveCollector {
         )?;
         for (pool, _, counts) in &pools {
             for st in crate::endpoint::HealthState::ALL {
-                let labels = PoolStateLabels { pool: pool.to_string(), state: st.as_str() };
+                let labels = PoolStateLabels {
+                    pool: pool.to_string(),
+                    state: st.as_str(),
+                };
                 ConstGauge::new(counts[st.index()]).encode(e4.encode_family(&labels)?)?;
             }
         }

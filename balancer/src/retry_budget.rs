@@ -2,11 +2,16 @@
 //! requests in flight (with a floor), so retries cannot multiply an outage
 //! (Envoy's `retry_budget`: 20% with a minimum concurrency of 3).
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Whether one more retry may start.
-pub fn allows(active_requests: u64, active_retries: u64, budget_percent: u32, min_concurrency: u32) -> bool {
+pub fn allows(
+    active_requests: u64,
+    active_retries: u64,
+    budget_percent: u32,
+    min_concurrency: u32,
+) -> bool {
     let limit = (active_requests * u64::from(budget_percent) / 100).max(u64::from(min_concurrency));
     active_retries < limit
 }
@@ -22,18 +27,28 @@ impl RetryBudget {
     /// Counts a request in flight until the guard drops.
     pub fn start_request(self: &Arc<Self>) -> Active {
         self.active_requests.fetch_add(1, Ordering::Relaxed);
-        Active { budget: self.clone(), retry: false }
+        Active {
+            budget: self.clone(),
+            retry: false,
+        }
     }
 
     /// Counts a retry in flight until the guard drops, if the budget allows one.
-    pub fn try_start_retry(self: &Arc<Self>, budget_percent: u32, min_concurrency: u32) -> Option<Active> {
+    pub fn try_start_retry(
+        self: &Arc<Self>,
+        budget_percent: u32,
+        min_concurrency: u32,
+    ) -> Option<Active> {
         let requests = self.active_requests.load(Ordering::Relaxed);
         let retries = self.active_retries.load(Ordering::Relaxed);
         if !allows(requests, retries, budget_percent, min_concurrency) {
             return None;
         }
         self.active_retries.fetch_add(1, Ordering::Relaxed);
-        Some(Active { budget: self.clone(), retry: true })
+        Some(Active {
+            budget: self.clone(),
+            retry: true,
+        })
     }
 
     /// Requests in flight.
@@ -51,7 +66,11 @@ pub struct Active {
 
 impl Drop for Active {
     fn drop(&mut self) {
-        let counter = if self.retry { &self.budget.active_retries } else { &self.budget.active_requests };
+        let counter = if self.retry {
+            &self.budget.active_retries
+        } else {
+            &self.budget.active_requests
+        };
         counter.fetch_sub(1, Ordering::Relaxed);
     }
 }

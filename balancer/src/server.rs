@@ -29,7 +29,9 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Self { watch_interval: Some(Duration::from_secs(1)) }
+        Self {
+            watch_interval: Some(Duration::from_secs(1)),
+        }
     }
 }
 
@@ -47,7 +49,9 @@ pub struct Balancer {
 
 impl std::fmt::Debug for Balancer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Balancer").field("config_path", &self.config_path).finish_non_exhaustive()
+        f.debug_struct("Balancer")
+            .field("config_path", &self.config_path)
+            .finish_non_exhaustive()
     }
 }
 
@@ -67,7 +71,11 @@ impl Balancer {
             listeners.push(Arc::new(bound));
         }
         let admin_tcp = match &config.admin {
-            Some(a) => Some(TcpListener::bind(a.bind).await.with_context(|| format!("cannot bind the admin listener to {}", a.bind))?),
+            Some(a) => Some(
+                TcpListener::bind(a.bind)
+                    .await
+                    .with_context(|| format!("cannot bind the admin listener to {}", a.bind))?,
+            ),
             None => None,
         };
         let config = Arc::new(config);
@@ -76,7 +84,10 @@ impl Balancer {
         let shared = Arc::new(Shared::new(snapshot, endpoints, pools, metrics));
         record_reload(&shared, true);
 
-        let admin_addr = admin_tcp.as_ref().map(TcpListener::local_addr).transpose()?;
+        let admin_addr = admin_tcp
+            .as_ref()
+            .map(TcpListener::local_addr)
+            .transpose()?;
         let balancer = Arc::new(Self {
             shared: shared.clone(),
             config_path: config_path.to_path_buf(),
@@ -88,7 +99,12 @@ impl Balancer {
             reload_lock: Mutex::new(fingerprint),
         });
         if let Some(tcp) = admin_tcp {
-            tokio::spawn(crate::admin::serve(tcp, shared.clone(), registry, balancer.admin_stop.clone()));
+            tokio::spawn(crate::admin::serve(
+                tcp,
+                shared.clone(),
+                registry,
+                balancer.admin_stop.clone(),
+            ));
         }
         for l in &balancer.listeners {
             tokio::spawn(l.clone().serve(shared.clone()));
@@ -96,7 +112,11 @@ impl Balancer {
         balancer.checkers.reconcile(&shared);
         tokio::spawn(sweep(shared.clone(), balancer.control_stop.clone()));
         if let Some(every) = options.watch_interval {
-            tokio::spawn(watch(Arc::downgrade(&balancer), every, balancer.control_stop.clone()));
+            tokio::spawn(watch(
+                Arc::downgrade(&balancer),
+                every,
+                balancer.control_stop.clone(),
+            ));
         }
         shared.set_ready(true);
         for l in &balancer.listeners {
@@ -115,7 +135,10 @@ impl Balancer {
 
     /// The bound address of a listener.
     pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
-        self.listeners.iter().find(|l| l.name == name).map(|l| l.local_addr)
+        self.listeners
+            .iter()
+            .find(|l| l.name == name)
+            .map(|l| l.local_addr)
     }
 
     /// The bound admin address.
@@ -127,6 +150,11 @@ impl Balancer {
     /// the error is logged and counted, and returned.
     pub fn reload(&self) -> Result<(), ConfigError> {
         let mut last = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
+        // Fingerprint the files before reading them: a change made while
+        // loading then differs from what is recorded and the watcher reloads
+        // again (a fingerprint taken after loading could record content that
+        // was never applied, and the watcher would never pick it up).
+        let before = fingerprint(&self.shared.snapshot.load().config);
         match config::load(&self.config_path) {
             Err(e) => {
                 record_reload(&self.shared, false);
@@ -134,7 +162,7 @@ impl Balancer {
                 Err(e)
             }
             Ok(config) => {
-                *last = fingerprint(&config);
+                *last = before;
                 self.apply(config);
                 record_reload(&self.shared, true);
                 tracing::info!(file = %self.config_path.display(), "config reloaded");
@@ -147,14 +175,21 @@ impl Balancer {
         for l in &config.listeners {
             match self.listeners.iter().find(|b| b.name == l.name) {
                 Some(bound) => bound.update(l),
-                None => tracing::warn!(listener = %l.name, "a new listener needs a restart to bind"),
+                None => {
+                    tracing::warn!(listener = %l.name, "a new listener needs a restart to bind")
+                }
             }
         }
         let current = self.shared.snapshot.load_full();
         if config.admin.as_ref().map(|a| a.bind) != current.config.admin.as_ref().map(|a| a.bind) {
             tracing::warn!("changing the admin bind address needs a restart");
         }
-        let snapshot = Snapshot::build(Arc::new(config), &self.shared.endpoints, &self.shared.pools, false);
+        let snapshot = Snapshot::build(
+            Arc::new(config),
+            &self.shared.endpoints,
+            &self.shared.pools,
+            false,
+        );
         let members = snapshot.members();
         self.shared.snapshot.store(Arc::new(snapshot));
         self.shared.endpoints.retain(&members);
@@ -172,11 +207,16 @@ impl Balancer {
         tokio::time::sleep(settings.delay).await;
         self.shared.shutdown.cancel();
         self.shared.tasks.close();
-        let drained = tokio::time::timeout(settings.drain_timeout, self.shared.tasks.wait()).await.is_ok();
+        let drained = tokio::time::timeout(settings.drain_timeout, self.shared.tasks.wait())
+            .await
+            .is_ok();
         if drained {
             tracing::info!("drained");
         } else {
-            tracing::warn!(open = self.shared.tasks.len(), "drain timeout reached; closing the remaining connections");
+            tracing::warn!(
+                open = self.shared.tasks.len(),
+                "drain timeout reached; closing the remaining connections"
+            );
         }
         self.control_stop.cancel();
         self.checkers.stop();
@@ -187,10 +227,17 @@ impl Balancer {
 
 fn record_reload(shared: &Shared, ok: bool) {
     let m = &shared.metrics;
-    m.config_reloads.get_or_create(&ResultLabels { result: if ok { "success" } else { "failure" } }).inc();
+    m.config_reloads
+        .get_or_create(&ResultLabels {
+            result: if ok { "success" } else { "failure" },
+        })
+        .inc();
     m.config_last_reload_successful.set(i64::from(ok));
     if ok {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
         m.config_last_reload_success_timestamp.set(now as i64);
     }
 }

@@ -37,7 +37,10 @@ pub struct PoolRuntime {
 
 impl std::fmt::Debug for PoolRuntime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PoolRuntime").field("name", &self.settings.name).field("members", &self.members.len()).finish()
+        f.debug_struct("PoolRuntime")
+            .field("name", &self.settings.name)
+            .field("members", &self.members.len())
+            .finish()
     }
 }
 
@@ -51,7 +54,10 @@ impl PoolRuntime {
                 continue;
             }
             index.push(i);
-            candidates.push(Candidate { weight: f64::from(m.weight), in_flight: m.state.in_flight() });
+            candidates.push(Candidate {
+                weight: f64::from(m.weight),
+                in_flight: m.state.in_flight(),
+            });
         }
         self.picker.pick(&candidates, entropy).map(|c| index[c])
     }
@@ -59,7 +65,11 @@ impl PoolRuntime {
     /// Whether one more endpoint may be ejected now.
     pub fn may_eject(&self, now: Instant) -> bool {
         let states: Vec<_> = self.members.iter().map(|m| m.state.clone()).collect();
-        crate::endpoint::pool_may_eject(&states, self.settings.outlier_detection.max_ejection_percent, now)
+        crate::endpoint::pool_may_eject(
+            &states,
+            self.settings.outlier_detection.max_ejection_percent,
+            now,
+        )
     }
 }
 
@@ -75,7 +85,11 @@ pub struct PoolLive {
 impl PoolLive {
     /// The upstream client for the current timeouts.
     pub fn client(&self) -> UpstreamClient {
-        self.client.lock().unwrap_or_else(|p| p.into_inner()).1.clone()
+        self.client
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+            .clone()
     }
 
     /// Counts a response sent to a client.
@@ -93,7 +107,10 @@ pub struct Pools {
 impl Pools {
     /// An empty set.
     pub fn new(metrics: Metrics) -> Self {
-        Self { map: Mutex::new(HashMap::new()), metrics }
+        Self {
+            map: Mutex::new(HashMap::new()),
+            metrics,
+        }
     }
 
     /// Live state for `pool`, with an upstream client matching its timeouts.
@@ -111,7 +128,10 @@ impl Pools {
             responses: CODE_CLASSES.map(|c| {
                 self.metrics
                     .pool_responses
-                    .get_or_create_owned(&PoolClassLabels { pool: pool.name.clone(), code_class: c })
+                    .get_or_create_owned(&PoolClassLabels {
+                        pool: pool.name.clone(),
+                        code_class: c,
+                    })
             }),
             client: Mutex::new((pool.timeouts.clone(), upstream::client(&pool.timeouts))),
         });
@@ -142,7 +162,12 @@ impl Snapshot {
                 .endpoints
                 .iter()
                 .map(|e| Member {
-                    state: endpoints.get_or_create(name, &e.address, pool.health_check.as_ref(), initial),
+                    state: endpoints.get_or_create(
+                        name,
+                        &e.address,
+                        pool.health_check.as_ref(),
+                        initial,
+                    ),
                     weight: e.weight,
                 })
                 .collect();
@@ -154,20 +179,33 @@ impl Snapshot {
                 live: pools.get_or_create(pool),
             });
         }
-        let routes = config.routes.iter().map(|r| (r.clone(), by_name[&r.pool])).collect();
-        Self { config, routes, pools: runtimes }
+        let routes = config
+            .routes
+            .iter()
+            .map(|r| (r.clone(), by_name[&r.pool]))
+            .collect();
+        Self {
+            config,
+            routes,
+            pools: runtimes,
+        }
     }
 
     /// Every endpoint state the snapshot routes to.
     pub fn members(&self) -> Vec<Arc<EndpointState>> {
-        self.pools.iter().flat_map(|p| p.members.iter().map(|m| m.state.clone())).collect()
+        self.pools
+            .iter()
+            .flat_map(|p| p.members.iter().map(|m| m.state.clone()))
+            .collect()
     }
 
     /// The pool serving `host` (lower case, no port) and `path`.
     pub fn route(&self, host: &str, path: &str) -> Option<&PoolRuntime> {
         self.routes
             .iter()
-            .find(|(r, _)| r.host.as_ref().is_none_or(|h| h.matches(host)) && path.starts_with(&r.path_prefix))
+            .find(|(r, _)| {
+                r.host.as_ref().is_none_or(|h| h.matches(host)) && path.starts_with(&r.path_prefix)
+            })
             .map(|(_, i)| &self.pools[*i])
     }
 

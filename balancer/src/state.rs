@@ -37,7 +37,12 @@ impl std::fmt::Debug for Shared {
 
 impl Shared {
     /// Shared state serving `snapshot`.
-    pub fn new(snapshot: Snapshot, endpoints: Arc<Endpoints>, pools: Pools, metrics: Metrics) -> Self {
+    pub fn new(
+        snapshot: Snapshot,
+        endpoints: Arc<Endpoints>,
+        pools: Pools,
+        metrics: Metrics,
+    ) -> Self {
         Self {
             snapshot: ArcSwap::from_pointee(snapshot),
             endpoints,

@@ -40,8 +40,14 @@ pub struct LoadError {
 
 /// Reads a PEM chain and key and checks that they belong together.
 pub fn load_certified_key(cert_file: &Path, key_file: &Path) -> Result<LoadedKey, LoadError> {
-    let cert_err = |problem: String| LoadError { field: "certFile", problem };
-    let key_err = |problem: String| LoadError { field: "keyFile", problem };
+    let cert_err = |problem: String| LoadError {
+        field: "certFile",
+        problem,
+    };
+    let key_err = |problem: String| LoadError {
+        field: "keyFile",
+        problem,
+    };
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_file)
         .map_err(|e| cert_err(format!("cannot read `{}`: {e}", cert_file.display())))?
         .collect::<Result<_, _>>()
@@ -71,7 +77,10 @@ pub fn load_certified_key(cert_file: &Path, key_file: &Path) -> Result<LoadedKey
             cert_file.display()
         ))
     })?;
-    Ok(LoadedKey { key: Arc::new(key), names })
+    Ok(LoadedKey {
+        key: Arc::new(key),
+        names,
+    })
 }
 
 fn certificate_names(leaf: &CertificateDer<'_>) -> Vec<String> {
@@ -122,7 +131,11 @@ impl CertTable {
                 .or_insert_with(|| cert.key.clone());
             }
         }
-        Self { exact, wildcard, default: tls.certificates[0].key.clone() }
+        Self {
+            exact,
+            wildcard,
+            default: tls.certificates[0].key.clone(),
+        }
     }
 
     fn choose(&self, server_name: Option<&str>) -> Arc<CertifiedKey> {
@@ -154,7 +167,9 @@ impl fmt::Debug for SniResolver {
 impl SniResolver {
     /// A resolver serving `tls`'s certificates.
     pub fn new(tls: &Tls) -> Self {
-        Self { table: ArcSwap::from_pointee(CertTable::new(tls)) }
+        Self {
+            table: ArcSwap::from_pointee(CertTable::new(tls)),
+        }
     }
 
     /// Serves `tls`'s certificates from the next handshake on.

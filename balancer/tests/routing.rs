@@ -30,7 +30,10 @@ async fn least_connections_sends_fewer_requests_to_a_slow_endpoint() {
 
     let (a, b, s) = (fast_a.hits(), fast_b.hits(), slow.hits());
     assert_eq!(a + b + s, 200);
-    assert!(s * 4 < a.min(b), "slow endpoint got {s}, fast ones {a} and {b}");
+    assert!(
+        s * 4 < a.min(b),
+        "slow endpoint got {s}, fast ones {a} and {b}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -48,5 +51,9 @@ async fn weights_are_honoured() {
         assert_eq!(get(&c, &tb.url("/")).await.unwrap().0, 200);
     }
     let share = heavy.hits() as f64 / 800.0;
-    assert!((0.68..0.82).contains(&share), "heavy share {share}, light {}", light.hits());
+    assert!(
+        (0.68..0.82).contains(&share),
+        "heavy share {share}, light {}",
+        light.hits()
+    );
 }

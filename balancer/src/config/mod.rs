@@ -8,6 +8,9 @@ pub mod raw;
 pub mod units;
 mod validate;
 
+#[cfg(test)]
+mod tests;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
@@ -377,12 +380,15 @@ fn parse_raw(text: &str) -> Result<raw::RawConfig, FieldError> {
         })
     });
     result.map_err(|e| {
+        let message = first_line(&e.to_string());
+        // serde-saphyr usually starts its message with the position already.
         let location = e
             .location()
+            .filter(|_| !message.contains("line "))
             .map(|l| format!(" (line {}, column {})", l.line(), l.column()))
             .unwrap_or_default();
         let field = if field == "." { String::new() } else { field };
-        FieldError::new(field, format!("{}{location}", first_line(&e.to_string())))
+        FieldError::new(field, format!("{message}{location}"))
     })
 }
 

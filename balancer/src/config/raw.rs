@@ -82,7 +82,10 @@ pub struct RawLimits {
 
 /// A byte size: a plain number of bytes or a string such as `64KiB`.
 #[derive(Debug, Deserialize)]
-#[serde(untagged, expecting = "a number of bytes or a size such as 64KiB or 10MiB")]
+#[serde(
+    untagged,
+    expecting = "a number of bytes or a size such as 64KiB or 10MiB"
+)]
 pub enum RawSize {
     /// Bytes as a number.
     Bytes(u64),
@@ -161,7 +164,10 @@ pub struct RawEndpoints {
 
 /// One static endpoint: `host:port`, or an object with a weight.
 #[derive(Debug, Deserialize)]
-#[serde(untagged, expecting = "a `host:port` string or an object {address, weight}")]
+#[serde(
+    untagged,
+    expecting = "a `host:port` string or an object {address, weight}"
+)]
 pub enum RawEndpoint {
     /// `host:port`.
     Address(String),
@@ -209,7 +215,10 @@ pub struct RawHealthCheck {
 
 /// An expected status code or range.
 #[derive(Debug, Deserialize)]
-#[serde(untagged, expecting = "a status code such as 200 or a range such as \"200-399\"")]
+#[serde(
+    untagged,
+    expecting = "a status code such as 200 or a range such as \"200-399\""
+)]
 pub enum RawStatus {
     /// One code.
     Code(u16),

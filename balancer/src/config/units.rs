@@ -10,8 +10,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             "`{trimmed}` has no unit; write it as `{trimmed}s` or `{trimmed}ms`"
         ));
     }
-    humantime::parse_duration(trimmed)
-        .map_err(|e| format!("`{trimmed}` is not a duration ({e}); write it like `2s`, `500ms` or `5m`"))
+    humantime::parse_duration(trimmed).map_err(|e| {
+        format!("`{trimmed}` is not a duration ({e}); write it like `2s`, `500ms` or `5m`")
+    })
 }
 
 /// Parses a byte size: a plain number, or a number with `B`, `KiB`, `MiB`, `GiB`
@@ -48,7 +49,11 @@ mod tests {
         assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
         assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
         assert!(parse_duration("5").unwrap_err().contains("no unit"));
-        assert!(parse_duration("soon").unwrap_err().contains("not a duration"));
+        assert!(
+            parse_duration("soon")
+                .unwrap_err()
+                .contains("not a duration")
+        );
         assert!(parse_duration("").is_err());
     }
 

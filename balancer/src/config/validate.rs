@@ -34,13 +34,19 @@ pub(super) fn config(raw: RawConfig, base: &Path, source: &Path) -> Result<Confi
         if !names.insert(listener.name.clone()) {
             return Err(FieldError::new(
                 format!("{at}.name"),
-                format!("listener name `{}` is used twice; names must be unique", listener.name),
+                format!(
+                    "listener name `{}` is used twice; names must be unique",
+                    listener.name
+                ),
             ));
         }
         if listener.bind.port() != 0 && !binds.insert(listener.bind) {
             return Err(FieldError::new(
                 format!("{at}.bind"),
-                format!("`{}` is bound by another listener; use another port", listener.bind),
+                format!(
+                    "`{}` is bound by another listener; use another port",
+                    listener.bind
+                ),
             ));
         }
         listeners.push(listener);
@@ -53,7 +59,9 @@ pub(super) fn config(raw: RawConfig, base: &Path, source: &Path) -> Result<Confi
             if bind.port() != 0 && binds.contains(&bind) {
                 return Err(FieldError::new(
                     "admin.bind",
-                    format!("`{bind}` is also a listener's address; give the admin listener its own port"),
+                    format!(
+                        "`{bind}` is also a listener's address; give the admin listener its own port"
+                    ),
                 ));
             }
             if a.token.as_deref().is_some_and(|t| t.trim().is_empty()) {
@@ -62,7 +70,10 @@ pub(super) fn config(raw: RawConfig, base: &Path, source: &Path) -> Result<Confi
                     "the token is empty; remove the key or set a long random string",
                 ));
             }
-            Some(Admin { bind, token: a.token })
+            Some(Admin {
+                bind,
+                token: a.token,
+            })
         }
     };
 
@@ -71,19 +82,30 @@ pub(super) fn config(raw: RawConfig, base: &Path, source: &Path) -> Result<Confi
         Some(s) => {
             let d = Shutdown::default();
             Shutdown {
-                drain_timeout: duration_or(s.drain_timeout, "shutdown.drainTimeout", d.drain_timeout)?,
+                drain_timeout: duration_or(
+                    s.drain_timeout,
+                    "shutdown.drainTimeout",
+                    d.drain_timeout,
+                )?,
                 delay: duration_or_zero(s.delay, "shutdown.delay", d.delay)?,
             }
         }
     };
 
     if raw.pools.is_empty() {
-        return Err(FieldError::new("pools", "no pools; define at least one pool of endpoints"));
+        return Err(FieldError::new(
+            "pools",
+            "no pools; define at least one pool of endpoints",
+        ));
     }
     let mut pools = BTreeMap::new();
     for (name, p) in raw.pools {
         let at = format!("pools.{name}");
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
             return Err(FieldError::new(
                 at,
                 format!("pool name `{name}` may use only letters, digits, `-` and `_`"),
@@ -106,10 +128,18 @@ pub(super) fn config(raw: RawConfig, base: &Path, source: &Path) -> Result<Confi
             let known: Vec<&str> = pools.keys().map(String::as_str).collect();
             return Err(FieldError::new(
                 format!("{at}.pool"),
-                format!("no pool named `{}`; defined pools: {}", r.pool, known.join(", ")),
+                format!(
+                    "no pool named `{}`; defined pools: {}",
+                    r.pool,
+                    known.join(", ")
+                ),
             ));
         }
-        let host = r.host.as_deref().map(|h| host_match(h, &format!("{at}.host"))).transpose()?;
+        let host = r
+            .host
+            .as_deref()
+            .map(|h| host_match(h, &format!("{at}.host")))
+            .transpose()?;
         let path_prefix = r.path_prefix.unwrap_or_else(|| "/".to_string());
         if !path_prefix.starts_with('/') {
             return Err(FieldError::new(
@@ -117,7 +147,11 @@ pub(super) fn config(raw: RawConfig, base: &Path, source: &Path) -> Result<Confi
                 format!("`{path_prefix}` must start with `/`"),
             ));
         }
-        routes.push(Route { host, path_prefix, pool: r.pool });
+        routes.push(Route {
+            host,
+            path_prefix,
+            pool: r.pool,
+        });
     }
 
     Ok(Config {
@@ -132,7 +166,10 @@ pub(super) fn config(raw: RawConfig, base: &Path, source: &Path) -> Result<Confi
 
 fn listener(l: RawListener, at: &str, base: &Path) -> Result<Listener> {
     if l.name.trim().is_empty() {
-        return Err(FieldError::new(format!("{at}.name"), "the name is empty; give the listener a name"));
+        return Err(FieldError::new(
+            format!("{at}.name"),
+            "the name is empty; give the listener a name",
+        ));
     }
     let bind = socket_addr(&l.bind, &format!("{at}.bind"))?;
     let tls = match l.tls {
@@ -154,7 +191,12 @@ fn listener(l: RawListener, at: &str, base: &Path) -> Result<Listener> {
         }
     };
     let limits = limits(l.limits.unwrap_or_default(), &format!("{at}.limits"))?;
-    Ok(Listener { name: l.name, bind, tls, limits })
+    Ok(Listener {
+        name: l.name,
+        bind,
+        tls,
+        limits,
+    })
 }
 
 fn certificate(c: RawCertificate, at: &str, base: &Path) -> Result<Certificate> {
@@ -170,16 +212,28 @@ fn certificate(c: RawCertificate, at: &str, base: &Path) -> Result<Certificate> 
                     "the list is empty; remove it to use the names in the certificate",
                 ));
             }
-            names.iter().map(|n| n.trim().to_ascii_lowercase()).collect()
+            names
+                .iter()
+                .map(|n| n.trim().to_ascii_lowercase())
+                .collect()
         }
         None => loaded.names,
     };
-    Ok(Certificate { cert_file, key_file, server_names, key: loaded.key })
+    Ok(Certificate {
+        cert_file,
+        key_file,
+        server_names,
+        key: loaded.key,
+    })
 }
 
 fn limits(raw: RawLimits, at: &str) -> Result<Limits> {
     let d = Limits::default();
-    let max_header_bytes = size_or(raw.max_header_bytes, &format!("{at}.maxHeaderBytes"), d.max_header_bytes as u64)?;
+    let max_header_bytes = size_or(
+        raw.max_header_bytes,
+        &format!("{at}.maxHeaderBytes"),
+        d.max_header_bytes as u64,
+    )?;
     if !(8192..=1 << 20).contains(&max_header_bytes) {
         return Err(FieldError::new(
             format!("{at}.maxHeaderBytes"),
@@ -187,9 +241,17 @@ fn limits(raw: RawLimits, at: &str) -> Result<Limits> {
         ));
     }
     Ok(Limits {
-        header_read_timeout: duration_or(raw.header_read_timeout, &format!("{at}.headerReadTimeout"), d.header_read_timeout)?,
+        header_read_timeout: duration_or(
+            raw.header_read_timeout,
+            &format!("{at}.headerReadTimeout"),
+            d.header_read_timeout,
+        )?,
         max_header_bytes: max_header_bytes as usize,
-        max_body_bytes: size_or(raw.max_body_bytes, &format!("{at}.maxBodyBytes"), d.max_body_bytes)?,
+        max_body_bytes: size_or(
+            raw.max_body_bytes,
+            &format!("{at}.maxBodyBytes"),
+            d.max_body_bytes,
+        )?,
     })
 }
 
@@ -200,7 +262,9 @@ fn pool(name: String, p: RawPool, at: &str) -> Result<Pool> {
         Some(other) => {
             return Err(FieldError::new(
                 format!("{at}.balance"),
-                format!("unknown algorithm `{other}`; use `leastConnections` or `powerOfTwoChoices`"),
+                format!(
+                    "unknown algorithm `{other}`; use `leastConnections` or `powerOfTwoChoices`"
+                ),
             ));
         }
     };
@@ -218,7 +282,10 @@ fn pool(name: String, p: RawPool, at: &str) -> Result<Pool> {
         if !seen.insert(spec.address.clone()) {
             return Err(FieldError::new(
                 eat,
-                format!("`{}` is listed twice; list each endpoint once and use `weight` to favour it", spec.address),
+                format!(
+                    "`{}` is listed twice; list each endpoint once and use `weight` to favour it",
+                    spec.address
+                ),
             ));
         }
         endpoints.push(spec);
@@ -227,7 +294,10 @@ fn pool(name: String, p: RawPool, at: &str) -> Result<Pool> {
         name,
         balance,
         endpoints,
-        health_check: p.health_check.map(|h| health_check(h, &format!("{at}.healthCheck"))).transpose()?,
+        health_check: p
+            .health_check
+            .map(|h| health_check(h, &format!("{at}.healthCheck")))
+            .transpose()?,
         outlier_detection: outlier(p.outlier_detection, &format!("{at}.outlierDetection"))?,
         retries: retries(p.retries, &format!("{at}.retries"))?,
         timeouts: timeouts(p.timeouts, &format!("{at}.timeouts"))?,
@@ -237,7 +307,11 @@ fn pool(name: String, p: RawPool, at: &str) -> Result<Pool> {
 fn endpoint(e: RawEndpoint, at: &str) -> Result<EndpointSpec> {
     let (address, weight, addr_at) = match e {
         RawEndpoint::Address(a) => (a, DEFAULT_WEIGHT, at.to_string()),
-        RawEndpoint::Detailed(d) => (d.address, d.weight.unwrap_or(DEFAULT_WEIGHT), format!("{at}.address")),
+        RawEndpoint::Detailed(d) => (
+            d.address,
+            d.weight.unwrap_or(DEFAULT_WEIGHT),
+            format!("{at}.address"),
+        ),
     };
     host_port(&address, &addr_at)?;
     if !(1..=1000).contains(&weight) {
@@ -252,10 +326,21 @@ fn endpoint(e: RawEndpoint, at: &str) -> Result<EndpointSpec> {
 fn health_check(h: RawHealthCheck, at: &str) -> Result<HealthCheck> {
     let path = h.path.unwrap_or_else(|| "/healthz".to_string());
     if !path.starts_with('/') {
-        return Err(FieldError::new(format!("{at}.path"), format!("`{path}` must start with `/`")));
+        return Err(FieldError::new(
+            format!("{at}.path"),
+            format!("`{path}` must start with `/`"),
+        ));
     }
-    let interval = duration_or(h.interval, &format!("{at}.interval"), Duration::from_secs(2))?;
-    let timeout = duration_or(h.timeout, &format!("{at}.timeout"), Duration::from_secs(1).min(interval))?;
+    let interval = duration_or(
+        h.interval,
+        &format!("{at}.interval"),
+        Duration::from_secs(2),
+    )?;
+    let timeout = duration_or(
+        h.timeout,
+        &format!("{at}.timeout"),
+        Duration::from_secs(1).min(interval),
+    )?;
     if timeout > interval {
         return Err(FieldError::new(
             format!("{at}.timeout"),
@@ -275,7 +360,12 @@ fn health_check(h: RawHealthCheck, at: &str) -> Result<HealthCheck> {
             c..=c
         }
         Some(RawStatus::Range(text)) => {
-            let bad = || FieldError::new(format!("{at}.expectStatus"), format!("`{text}` is not a status range; write it like `200-399`"));
+            let bad = || {
+                FieldError::new(
+                    format!("{at}.expectStatus"),
+                    format!("`{text}` is not a status range; write it like `200-399`"),
+                )
+            };
             let (lo, hi) = text.split_once('-').ok_or_else(bad)?;
             let lo: u16 = lo.trim().parse().map_err(|_| bad())?;
             let hi: u16 = hi.trim().parse().map_err(|_| bad())?;
@@ -287,14 +377,30 @@ fn health_check(h: RawHealthCheck, at: &str) -> Result<HealthCheck> {
             lo..=hi
         }
     };
-    Ok(HealthCheck { path, interval, timeout, rise, fall, expect_status, host: h.host })
+    Ok(HealthCheck {
+        path,
+        interval,
+        timeout,
+        rise,
+        fall,
+        expect_status,
+        host: h.host,
+    })
 }
 
 fn outlier(raw: Option<RawOutlierDetection>, at: &str) -> Result<OutlierDetection> {
     let d = OutlierDetection::default();
     let Some(o) = raw else { return Ok(d) };
-    let base = duration_or(o.base_ejection_time, &format!("{at}.baseEjectionTime"), d.base_ejection_time)?;
-    let max = duration_or(o.max_ejection_time, &format!("{at}.maxEjectionTime"), d.max_ejection_time.max(base))?;
+    let base = duration_or(
+        o.base_ejection_time,
+        &format!("{at}.baseEjectionTime"),
+        d.base_ejection_time,
+    )?;
+    let max = duration_or(
+        o.max_ejection_time,
+        &format!("{at}.maxEjectionTime"),
+        d.max_ejection_time.max(base),
+    )?;
     if max < base {
         return Err(FieldError::new(
             format!("{at}.maxEjectionTime"),
@@ -303,11 +409,18 @@ fn outlier(raw: Option<RawOutlierDetection>, at: &str) -> Result<OutlierDetectio
     }
     let percent = o.max_ejection_percent.unwrap_or(d.max_ejection_percent);
     if percent > 100 {
-        return Err(FieldError::new(format!("{at}.maxEjectionPercent"), format!("{percent} is over 100")));
+        return Err(FieldError::new(
+            format!("{at}.maxEjectionPercent"),
+            format!("{percent} is over 100"),
+        ));
     }
     Ok(OutlierDetection {
         enabled: o.enabled.unwrap_or(true),
-        consecutive_5xx: count_or(o.consecutive_5xx, &format!("{at}.consecutive5xx"), d.consecutive_5xx)?,
+        consecutive_5xx: count_or(
+            o.consecutive_5xx,
+            &format!("{at}.consecutive5xx"),
+            d.consecutive_5xx,
+        )?,
         base_ejection_time: base,
         max_ejection_time: max,
         max_ejection_percent: percent,
@@ -319,13 +432,23 @@ fn retries(raw: Option<RawRetries>, at: &str) -> Result<Retries> {
     let Some(r) = raw else { return Ok(d) };
     let attempts = r.attempts.unwrap_or(d.attempts);
     if attempts > 5 {
-        return Err(FieldError::new(format!("{at}.attempts"), format!("{attempts} retries is too many; use 0 to 5")));
+        return Err(FieldError::new(
+            format!("{at}.attempts"),
+            format!("{attempts} retries is too many; use 0 to 5"),
+        ));
     }
     let budget_percent = r.budget_percent.unwrap_or(d.budget_percent);
     if budget_percent > 100 {
-        return Err(FieldError::new(format!("{at}.budgetPercent"), format!("{budget_percent} is over 100")));
+        return Err(FieldError::new(
+            format!("{at}.budgetPercent"),
+            format!("{budget_percent} is over 100"),
+        ));
     }
-    Ok(Retries { attempts, budget_percent, min_concurrency: r.min_concurrency.unwrap_or(d.min_concurrency) })
+    Ok(Retries {
+        attempts,
+        budget_percent,
+        min_concurrency: r.min_concurrency.unwrap_or(d.min_concurrency),
+    })
 }
 
 fn timeouts(raw: Option<RawTimeouts>, at: &str) -> Result<Timeouts> {
@@ -340,18 +463,36 @@ fn timeouts(raw: Option<RawTimeouts>, at: &str) -> Result<Timeouts> {
 
 fn socket_addr(text: &str, at: &str) -> Result<SocketAddr> {
     text.trim().parse().map_err(|_| {
-        FieldError::new(at, format!("`{text}` is not an `ip:port` address; write it like `0.0.0.0:8080` or `[::]:8080`"))
+        FieldError::new(
+            at,
+            format!(
+                "`{text}` is not an `ip:port` address; write it like `0.0.0.0:8080` or `[::]:8080`"
+            ),
+        )
     })
 }
 
 fn host_port(text: &str, at: &str) -> Result<()> {
-    let bad = || FieldError::new(at, format!("`{text}` is not `host:port`; write it like `10.0.0.5:8080` or `moodle-0.moodle:80`"));
-    if text.parse::<SocketAddr>().is_ok() {
+    let bad = || {
+        FieldError::new(
+            at,
+            format!(
+                "`{text}` is not `host:port`; write it like `10.0.0.5:8080` or `moodle-0.moodle:80`"
+            ),
+        )
+    };
+    // Port 0 is refused below for IP literals too: nothing can be reached on it.
+    if text.parse::<SocketAddr>().is_ok_and(|a| a.port() != 0) {
         return Ok(());
     }
     let (host, port) = text.rsplit_once(':').ok_or_else(bad)?;
     let port: u16 = port.parse().map_err(|_| bad())?;
-    if port == 0 || host.is_empty() || !host.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.') {
+    if port == 0
+        || host.is_empty()
+        || !host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+    {
         return Err(bad());
     }
     Ok(())
@@ -359,22 +500,40 @@ fn host_port(text: &str, at: &str) -> Result<()> {
 
 fn host_match(text: &str, at: &str) -> Result<HostMatch> {
     let host = text.trim().to_ascii_lowercase();
-    let bad = || FieldError::new(at, format!("`{text}` is not a host name; write it like `lms.example.edu` or `*.example.edu`, without scheme or port"));
+    let bad = || {
+        FieldError::new(
+            at,
+            format!(
+                "`{text}` is not a host name; write it like `lms.example.edu` or `*.example.edu`, without scheme or port"
+            ),
+        )
+    };
     let (suffix, name) = match host.strip_prefix("*.") {
         Some(rest) => (true, rest),
         None => (false, host.as_str()),
     };
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.') {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+    {
         return Err(bad());
     }
-    Ok(if suffix { HostMatch::Suffix(format!(".{name}")) } else { HostMatch::Exact(host) })
+    Ok(if suffix {
+        HostMatch::Suffix(format!(".{name}"))
+    } else {
+        HostMatch::Exact(host)
+    })
 }
 
 fn status_code(code: u16, at: &str) -> Result<()> {
     if (100..=599).contains(&code) {
         Ok(())
     } else {
-        Err(FieldError::new(at, format!("{code} is not an HTTP status; use 100 to 599")))
+        Err(FieldError::new(
+            at,
+            format!("{code} is not an HTTP status; use 100 to 599"),
+        ))
     }
 }
 

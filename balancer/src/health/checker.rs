@@ -6,9 +6,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
+use bytes::Bytes;
 use http::{Request, header};
 use http_body_util::Empty;
-use bytes::Bytes;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
@@ -22,15 +22,30 @@ use crate::state::Shared;
 pub async fn check_once(address: &str, settings: &HealthCheck) -> CheckResult {
     let outcome = tokio::time::timeout(settings.timeout, probe(address, settings)).await;
     let (ok, detail) = match outcome {
-        Ok(Ok(status)) => (settings.expect_status.contains(&status), format!("HTTP {status}")),
+        Ok(Ok(status)) => (
+            settings.expect_status.contains(&status),
+            format!("HTTP {status}"),
+        ),
         Ok(Err(e)) => (false, e),
-        Err(_) => (false, format!("timed out after {}", humantime::format_duration(settings.timeout))),
+        Err(_) => (
+            false,
+            format!(
+                "timed out after {}",
+                humantime::format_duration(settings.timeout)
+            ),
+        ),
     };
-    CheckResult { at: SystemTime::now(), ok, detail }
+    CheckResult {
+        at: SystemTime::now(),
+        ok,
+        detail,
+    }
 }
 
 async fn probe(address: &str, settings: &HealthCheck) -> Result<u16, String> {
-    let stream = TcpStream::connect(address).await.map_err(|e| format!("connect: {e}"))?;
+    let stream = TcpStream::connect(address)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
     let _ = stream.set_nodelay(true);
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
@@ -43,7 +58,10 @@ async fn probe(address: &str, settings: &HealthCheck) -> Result<u16, String> {
         .header(header::CONNECTION, "close")
         .body(Empty::<Bytes>::new())
         .map_err(|e| format!("request: {e}"))?;
-    let resp = sender.send_request(req).await.map_err(|e| format!("request: {e}"))?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| format!("request: {e}"))?;
     let status = resp.status().as_u16();
     drop(resp);
     drop(sender);
@@ -68,7 +86,10 @@ impl Checkers {
                 continue;
             }
             for m in &pool.members {
-                wanted.insert((pool.settings.name.clone(), m.state.address().to_string()), m.state.clone());
+                wanted.insert(
+                    (pool.settings.name.clone(), m.state.address().to_string()),
+                    m.state.clone(),
+                );
             }
         }
         let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
@@ -101,7 +122,10 @@ async fn run(shared: Arc<Shared>, state: Arc<EndpointState>) {
     loop {
         let settings = {
             let snapshot = shared.snapshot.load();
-            match snapshot.pool(state.pool()).and_then(|p| p.settings.health_check.clone()) {
+            match snapshot
+                .pool(state.pool())
+                .and_then(|p| p.settings.health_check.clone())
+            {
                 Some(s) => s,
                 None => return,
             }
@@ -119,7 +143,11 @@ async fn run(shared: Arc<Shared>, state: Arc<EndpointState>) {
             None => {}
         }
         if unejected {
-            tracing::info!(pool = state.pool(), endpoint = state.address(), "active check passed: ejection ended");
+            tracing::info!(
+                pool = state.pool(),
+                endpoint = state.address(),
+                "active check passed: ejection ended"
+            );
         }
         tokio::time::sleep(settings.interval).await;
     }

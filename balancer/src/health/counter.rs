@@ -25,13 +25,23 @@ pub struct HealthCounter {
 impl HealthCounter {
     /// A counter for an endpoint already considered healthy (present at start-up).
     pub fn healthy(rise: u32, fall: u32) -> Self {
-        Self { rise: rise.max(1), fall: fall.max(1), healthy: true, streak: 0, awaiting_first: false }
+        Self {
+            rise: rise.max(1),
+            fall: fall.max(1),
+            healthy: true,
+            streak: 0,
+            awaiting_first: false,
+        }
     }
 
     /// A counter for an endpoint added while running: down until its first
     /// check passes, so traffic never reaches a pod that has not answered yet.
     pub fn awaiting_first_check(rise: u32, fall: u32) -> Self {
-        Self { healthy: false, awaiting_first: true, ..Self::healthy(rise, fall) }
+        Self {
+            healthy: false,
+            awaiting_first: true,
+            ..Self::healthy(rise, fall)
+        }
     }
 
     /// Whether the endpoint is up.

@@ -48,7 +48,13 @@ impl OutlierState {
 
     /// Records one request outcome. `may_eject` says whether the pool's
     /// `maxEjectionPercent` allows one more ejection now.
-    pub fn record(&mut self, ok: bool, now: Instant, settings: &OutlierDetection, may_eject: bool) -> Outcome {
+    pub fn record(
+        &mut self,
+        ok: bool,
+        now: Instant,
+        settings: &OutlierDetection,
+        may_eject: bool,
+    ) -> Outcome {
         self.expire(now, settings);
         if ok {
             self.consecutive_failures = 0;
@@ -76,13 +82,18 @@ impl OutlierState {
     }
 
     /// Ends an ejection early (a successful active check). Returns whether it was ejected.
+    ///
+    /// A passing check of an endpoint that is not ejected leaves its failure
+    /// count alone: a check is not a successful request, and resetting the
+    /// count would keep a pod whose `/healthz` passes but whose pages fail from
+    /// ever being ejected at low traffic.
     pub fn uneject(&mut self, now: Instant) -> bool {
         let was = self.is_ejected(now);
         if was {
             self.ejected_until = None;
             self.last_ejection_end = Some(now);
+            self.consecutive_failures = 0;
         }
-        self.consecutive_failures = 0;
         was
     }
 
@@ -96,7 +107,9 @@ impl OutlierState {
             }
         }
         if let Some(end) = self.last_ejection_end {
-            if now.saturating_duration_since(end) >= settings.max_ejection_time.max(Duration::from_secs(1)) {
+            if now.saturating_duration_since(end)
+                >= settings.max_ejection_time.max(Duration::from_secs(1))
+            {
                 self.ejections = 0;
                 self.last_ejection_end = None;
             }
@@ -125,7 +138,10 @@ mod tests {
     }
 
     fn fail(s: &mut OutlierState, now: Instant, n: u32) -> Outcome {
-        (0..n).map(|_| s.record(false, now, &settings(), true)).last().unwrap()
+        (0..n)
+            .map(|_| s.record(false, now, &settings(), true))
+            .last()
+            .unwrap()
     }
 
     #[test]
@@ -134,7 +150,10 @@ mod tests {
         let mut s = OutlierState::default();
         assert_eq!(fail(&mut s, t0, 2), Outcome::Nothing);
         assert!(!s.is_ejected(t0));
-        assert_eq!(s.record(false, t0, &settings(), true), Outcome::Ejected(t0 + Duration::from_secs(30)));
+        assert_eq!(
+            s.record(false, t0, &settings(), true),
+            Outcome::Ejected(t0 + Duration::from_secs(30))
+        );
         assert!(s.is_ejected(t0 + Duration::from_secs(29)));
         assert!(!s.is_ejected(t0 + Duration::from_secs(30)));
     }
@@ -171,9 +190,14 @@ mod tests {
     fn multiplier_resets_after_a_quiet_max_ejection_time() {
         let t0 = Instant::now();
         let mut s = OutlierState::default();
-        let Outcome::Ejected(until) = fail(&mut s, t0, 3) else { panic!() };
+        let Outcome::Ejected(until) = fail(&mut s, t0, 3) else {
+            panic!()
+        };
         let later = until + Duration::from_secs(100);
-        assert_eq!(fail(&mut s, later, 3), Outcome::Ejected(later + Duration::from_secs(30)));
+        assert_eq!(
+            fail(&mut s, later, 3),
+            Outcome::Ejected(later + Duration::from_secs(30))
+        );
         assert_eq!(s.ejections(), 1);
     }
 
@@ -182,7 +206,10 @@ mod tests {
         let t0 = Instant::now();
         let mut s = OutlierState::default();
         fail(&mut s, t0, 3);
-        assert_eq!(fail(&mut s, t0 + Duration::from_secs(1), 10), Outcome::Nothing);
+        assert_eq!(
+            fail(&mut s, t0 + Duration::from_secs(1), 10),
+            Outcome::Nothing
+        );
         assert_eq!(s.ejected_until(t0), Some(t0 + Duration::from_secs(30)));
     }
 
@@ -195,14 +222,20 @@ mod tests {
         }
         assert_eq!(s.record(false, t0, &settings(), false), Outcome::CapReached);
         assert!(!s.is_ejected(t0));
-        assert_eq!(s.record(false, t0, &settings(), true), Outcome::Ejected(t0 + Duration::from_secs(30)));
+        assert_eq!(
+            s.record(false, t0, &settings(), true),
+            Outcome::Ejected(t0 + Duration::from_secs(30))
+        );
     }
 
     #[test]
     fn disabled_never_ejects() {
         let t0 = Instant::now();
         let mut s = OutlierState::default();
-        let off = OutlierDetection { enabled: false, ..settings() };
+        let off = OutlierDetection {
+            enabled: false,
+            ..settings()
+        };
         for _ in 0..10 {
             assert_eq!(s.record(false, t0, &off, true), Outcome::Nothing);
         }
@@ -220,6 +253,19 @@ mod tests {
         assert_eq!(
             fail(&mut s, t0 + Duration::from_secs(6), 3),
             Outcome::Ejected(t0 + Duration::from_secs(66))
+        );
+    }
+
+    #[test]
+    fn a_passing_check_keeps_the_failure_count_of_an_endpoint_in_service() {
+        let t0 = Instant::now();
+        let mut s = OutlierState::default();
+        fail(&mut s, t0, 2);
+        assert!(!s.uneject(t0));
+        assert_eq!(s.consecutive_failures(), 2);
+        assert_eq!(
+            s.record(false, t0, &settings(), true),
+            Outcome::Ejected(t0 + Duration::from_secs(30))
         );
     }
 

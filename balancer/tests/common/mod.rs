@@ -71,7 +71,10 @@ impl Backend {
         Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
     {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        Self::serve(listener, Arc::new(move |req| Box::pin(handler(req)) as BoxFuture<_>))
+        Self::serve(
+            listener,
+            Arc::new(move |req| Box::pin(handler(req)) as BoxFuture<_>),
+        )
     }
 
     /// Serves `handler` on an already bound listener (to restart on a known port).
@@ -82,7 +85,9 @@ impl Backend {
         let (h, t) = (hits.clone(), tasks.clone());
         let accept = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let handler = handler.clone();
                 let hits = h.clone();
                 t.lock().unwrap().spawn(async move {
@@ -99,7 +104,12 @@ impl Backend {
                 });
             }
         });
-        Self { addr, hits, tasks, accept }
+        Self {
+            addr,
+            hits,
+            tasks,
+            accept,
+        }
     }
 
     /// Requests served, `/healthz` excluded.
@@ -135,7 +145,13 @@ pub struct TestBalancer {
 impl TestBalancer {
     /// Writes `yaml` to a temporary `balancer.yaml` and starts it (file watching off).
     pub async fn start(yaml: &str) -> Self {
-        Self::start_with(yaml, Options { watch_interval: None }).await
+        Self::start_with(
+            yaml,
+            Options {
+                watch_interval: None,
+            },
+        )
+        .await
     }
 
     /// Same, with explicit options.
@@ -144,12 +160,20 @@ impl TestBalancer {
         let path = dir.path().join("balancer.yaml");
         std::fs::write(&path, yaml).unwrap();
         let balancer = Balancer::start(&path, options).await.unwrap();
-        Self { balancer, dir, path }
+        Self {
+            balancer,
+            dir,
+            path,
+        }
     }
 
     /// Base URL of the listener named `public`.
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.balancer.listener_addr("public").unwrap(), path)
+        format!(
+            "http://{}{}",
+            self.balancer.listener_addr("public").unwrap(),
+            path
+        )
     }
 
     /// Base URL of the admin listener.
@@ -169,19 +193,30 @@ pub fn client() -> Client<HttpConnector, Full<Bytes>> {
 }
 
 /// Sends a request and returns status, headers and body text.
-pub async fn send(client: &Client<HttpConnector, Full<Bytes>>, req: Request<Full<Bytes>>) -> Result<(StatusCode, http::HeaderMap, String), String> {
+pub async fn send(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    req: Request<Full<Bytes>>,
+) -> Result<(StatusCode, http::HeaderMap, String), String> {
     let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
         .await
         .map_err(|_| "timed out".to_string())?
         .map_err(|e| e.to_string())?;
     let status = resp.status();
     let headers = resp.headers().clone();
-    let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
     Ok((status, headers, String::from_utf8_lossy(&body).into_owned()))
 }
 
 /// GETs `url`.
-pub async fn get(client: &Client<HttpConnector, Full<Bytes>>, url: &str) -> Result<(StatusCode, String), String> {
+pub async fn get(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    url: &str,
+) -> Result<(StatusCode, String), String> {
     let req = Request::get(url).body(Full::default()).unwrap();
     send(client, req).await.map(|(s, _, b)| (s, b))
 }
@@ -200,7 +235,13 @@ pub async fn endpoint_state(tb: &TestBalancer, pool: &str, endpoint: &str) -> St
         .unwrap()
         .iter()
         .find(|p| p["name"] == pool)
-        .and_then(|p| p["endpoints"].as_array().unwrap().iter().find(|e| e["address"] == endpoint))
+        .and_then(|p| {
+            p["endpoints"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["address"] == endpoint)
+        })
         .map(|e| e["state"].as_str().unwrap().to_string())
         .unwrap_or_else(|| "absent".to_string())
 }
@@ -224,7 +265,10 @@ where
 /// Config text for one plain listener, an admin listener, and one pool `web`
 /// with the given endpoints and extra pool YAML (indented 4 spaces).
 pub fn config(endpoints: &[&Backend], pool_extra: &str) -> String {
-    let list: String = endpoints.iter().map(|b| format!("        - \"{}\"\n", b.address())).collect();
+    let list: String = endpoints
+        .iter()
+        .map(|b| format!("        - \"{}\"\n", b.address()))
+        .collect();
     format!(
         "listeners:\n  - name: public\n    bind: \"127.0.0.1:0\"\nadmin:\n  bind: \"127.0.0.1:0\"\nroutes:\n  - pool: web\npools:\n  web:\n    endpoints:\n      static:\n{list}{pool_extra}"
     )

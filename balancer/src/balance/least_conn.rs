@@ -85,7 +85,10 @@ mod tests {
         for e in 0..4000 {
             counts[LeastConnections.pick(&cs, spread(e)).unwrap()] += 1;
         }
-        assert!(counts.iter().all(|&n| (900..1100).contains(&n)), "{counts:?}");
+        assert!(
+            counts.iter().all(|&n| (900..1100).contains(&n)),
+            "{counts:?}"
+        );
     }
 
     #[test]
@@ -115,7 +118,11 @@ mod tests {
         let mut served = [0u64; 3];
         let mut queue = std::collections::VecDeque::new();
         for e in 0..6000u64 {
-            let cs: Vec<_> = weights.iter().zip(in_flight).map(|(&w, f)| c(w, f)).collect();
+            let cs: Vec<_> = weights
+                .iter()
+                .zip(in_flight)
+                .map(|(&w, f)| c(w, f))
+                .collect();
             let i = LeastConnections.pick(&cs, spread(e)).unwrap();
             in_flight[i] += 1;
             served[i] += 1;

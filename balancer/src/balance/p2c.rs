@@ -21,7 +21,11 @@ impl Picker for PowerOfTwoChoices {
                     b += 1;
                 }
                 let (a, b) = (a as usize, b as usize);
-                Some(if candidates[b].cmp_load(&candidates[a]).is_lt() { b } else { a })
+                Some(if candidates[b].cmp_load(&candidates[a]).is_lt() {
+                    b
+                } else {
+                    a
+                })
             }
         }
     }

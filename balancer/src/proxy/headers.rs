@@ -53,7 +53,12 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
 /// Adds the forwarding headers: appends the peer to `X-Forwarded-For`, and
 /// sets `X-Forwarded-Proto` and `X-Forwarded-Host` (client-sent values of
 /// these two are replaced, never trusted).
-pub fn add_forwarded(headers: &mut HeaderMap, peer: IpAddr, proto: &'static str, host: Option<&str>) {
+pub fn add_forwarded(
+    headers: &mut HeaderMap,
+    peer: IpAddr,
+    proto: &'static str,
+    host: Option<&str>,
+) {
     let peer = peer.to_canonical().to_string();
     let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prior) if !prior.trim().is_empty() => format!("{prior}, {peer}"),
@@ -78,17 +83,20 @@ pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
             return v.clone();
         }
     }
-    let id = HeaderValue::from_str(&format!("{:032x}", fastrand::u128(..))).expect("hex is a valid header value");
+    let id = HeaderValue::from_str(&format!("{:032x}", fastrand::u128(..)))
+        .expect("hex is a valid header value");
     headers.insert(X_REQUEST_ID.clone(), id.clone());
     id
 }
 
 /// The request host, lower case and without port.
 pub fn request_host<'a>(uri: &'a http::Uri, headers: &'a HeaderMap) -> Option<String> {
-    let raw = uri
-        .authority()
-        .map(|a| a.host().to_string())
-        .or_else(|| headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(strip_port))?;
+    let raw = uri.authority().map(|a| a.host().to_string()).or_else(|| {
+        headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(strip_port)
+    })?;
     Some(raw.trim_end_matches('.').to_ascii_lowercase())
 }
 
@@ -110,7 +118,10 @@ mod tests {
     #[test]
     fn strips_hop_by_hop_and_connection_named() {
         let mut h = HeaderMap::new();
-        h.insert("connection", HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("te", HeaderValue::from_static("trailers"));
@@ -126,7 +137,12 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.9"));
         h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
-        add_forwarded(&mut h, "10.1.2.3".parse().unwrap(), "http", Some("lms.example.edu"));
+        add_forwarded(
+            &mut h,
+            "10.1.2.3".parse().unwrap(),
+            "http",
+            Some("lms.example.edu"),
+        );
         assert_eq!(h["x-forwarded-for"], "203.0.113.9, 10.1.2.3");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "lms.example.edu");
@@ -153,11 +169,20 @@ mod tests {
     fn hosts() {
         let mut h = HeaderMap::new();
         h.insert("host", HeaderValue::from_static("LMS.Example.edu:8443"));
-        assert_eq!(request_host(&"/x".parse().unwrap(), &h).as_deref(), Some("lms.example.edu"));
+        assert_eq!(
+            request_host(&"/x".parse().unwrap(), &h).as_deref(),
+            Some("lms.example.edu")
+        );
         h.insert("host", HeaderValue::from_static("[::1]:80"));
-        assert_eq!(request_host(&"/x".parse().unwrap(), &h).as_deref(), Some("::1"));
+        assert_eq!(
+            request_host(&"/x".parse().unwrap(), &h).as_deref(),
+            Some("::1")
+        );
         let uri: http::Uri = "https://a.example.edu/x".parse().unwrap();
-        assert_eq!(request_host(&uri, &HeaderMap::new()).as_deref(), Some("a.example.edu"));
+        assert_eq!(
+            request_host(&uri, &HeaderMap::new()).as_deref(),
+            Some("a.example.edu")
+        );
     }
 
     #[test]
@@ -165,7 +190,10 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("upgrade", HeaderValue::from_static("websocket"));
         assert!(!is_upgrade(&h));
-        h.insert("connection", HeaderValue::from_static("keep-alive, Upgrade"));
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, Upgrade"),
+        );
         assert!(is_upgrade(&h));
     }
 }

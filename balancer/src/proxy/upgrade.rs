@@ -17,12 +17,20 @@ use crate::snapshot::PoolRuntime;
 use crate::state::Shared;
 
 /// Forwards an upgrade request and, on `101`, splices the two connections.
-pub async fn forward(shared: &Shared, pool: &PoolRuntime, parts: Parts, downstream: OnUpgrade) -> Response<ProxyBody> {
+pub async fn forward(
+    shared: &Shared,
+    pool: &PoolRuntime,
+    parts: Parts,
+    downstream: OnUpgrade,
+) -> Response<ProxyBody> {
     let settings = &pool.settings;
     let Some(idx) = pool.pick(Instant::now(), &[], fastrand::u64(..)) else {
         return local(
             StatusCode::SERVICE_UNAVAILABLE,
-            &format!("usher: no healthy endpoint in pool `{}`; try again shortly", settings.name),
+            &format!(
+                "usher: no healthy endpoint in pool `{}`; try again shortly",
+                settings.name
+            ),
         );
     };
     let member = &pool.members[idx];
@@ -30,24 +38,39 @@ pub async fn forward(shared: &Shared, pool: &PoolRuntime, parts: Parts, downstre
     let address = member.state.address().to_string();
     let may_eject = || pool.may_eject(Instant::now());
 
-    let stream = match tokio::time::timeout(settings.timeouts.connect, TcpStream::connect(&address)).await {
+    let stream = match tokio::time::timeout(settings.timeouts.connect, TcpStream::connect(&address))
+        .await
+    {
         Ok(Ok(s)) => s,
         failed => {
             let error = match failed {
                 Ok(Err(e)) => e.to_string(),
                 _ => "connect timeout".to_string(),
             };
-            member.state.record_outcome(Err(true), Instant::now(), &settings.outlier_detection, may_eject);
+            member.state.record_outcome(
+                Err(true),
+                Instant::now(),
+                &settings.outlier_detection,
+                may_eject,
+            );
             tracing::warn!(pool = %settings.name, endpoint = %address, %error, "upgrade connect failed");
-            return local(StatusCode::BAD_GATEWAY, "usher: the upstream server failed to answer");
+            return local(
+                StatusCode::BAD_GATEWAY,
+                "usher: the upstream server failed to answer",
+            );
         }
     };
     let _ = stream.set_nodelay(true);
-    let (mut sender, connection) = match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
+    let (mut sender, connection) = match hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+    {
         Ok(pair) => pair,
         Err(e) => {
             tracing::warn!(pool = %settings.name, endpoint = %address, error = %e, "upgrade handshake failed");
-            return local(StatusCode::BAD_GATEWAY, "usher: the upstream server failed to answer");
+            return local(
+                StatusCode::BAD_GATEWAY,
+                "usher: the upstream server failed to answer",
+            );
         }
     };
     tokio::spawn(async move {
@@ -63,20 +86,43 @@ pub async fn forward(shared: &Shared, pool: &PoolRuntime, parts: Parts, downstre
     };
     *up.headers_mut() = parts.headers;
 
-    let mut resp = match tokio::time::timeout(settings.timeouts.response, sender.send_request(up)).await {
+    let mut resp = match tokio::time::timeout(settings.timeouts.response, sender.send_request(up))
+        .await
+    {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
-            member.state.record_outcome(Err(false), Instant::now(), &settings.outlier_detection, may_eject);
+            member.state.record_outcome(
+                Err(false),
+                Instant::now(),
+                &settings.outlier_detection,
+                may_eject,
+            );
             tracing::warn!(pool = %settings.name, endpoint = %address, error = %e, "upgrade request failed");
-            return local(StatusCode::BAD_GATEWAY, "usher: the upstream server failed to answer");
+            return local(
+                StatusCode::BAD_GATEWAY,
+                "usher: the upstream server failed to answer",
+            );
         }
         Err(_) => {
-            member.state.record_outcome(Err(false), Instant::now(), &settings.outlier_detection, may_eject);
-            return local(StatusCode::GATEWAY_TIMEOUT, "usher: the upstream server did not answer in time");
+            member.state.record_outcome(
+                Err(false),
+                Instant::now(),
+                &settings.outlier_detection,
+                may_eject,
+            );
+            return local(
+                StatusCode::GATEWAY_TIMEOUT,
+                "usher: the upstream server did not answer in time",
+            );
         }
     };
     let status = resp.status();
-    member.state.record_outcome(Ok(status.as_u16()), Instant::now(), &settings.outlier_detection, may_eject);
+    member.state.record_outcome(
+        Ok(status.as_u16()),
+        Instant::now(),
+        &settings.outlier_detection,
+        may_eject,
+    );
 
     if status != StatusCode::SWITCHING_PROTOCOLS {
         let (mut rparts, rbody) = resp.into_parts();

@@ -35,7 +35,9 @@ struct Args {
 
 fn main() -> std::io::Result<()> {
     let args = Args::parse();
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(serve(args))
 }
 
@@ -47,7 +49,10 @@ async fn serve(args: Args) -> std::io::Result<()> {
         text.resize(args.body_bytes, b'.');
     }
     let body = Bytes::from(text);
-    eprintln!("example-backend {name} listening on {}", listener.local_addr()?);
+    eprintln!(
+        "example-backend {name} listening on {}",
+        listener.local_addr()?
+    );
     loop {
         let (stream, _) = listener.accept().await?;
         let _ = stream.set_nodelay(true);
@@ -58,7 +63,9 @@ async fn serve(args: Args) -> std::io::Result<()> {
                 let body = body.clone();
                 async move {
                     if req.uri().path() == "/healthz" {
-                        return Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok\n"))));
+                        return Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
+                            b"ok\n",
+                        ))));
                     }
                     if !delay.is_zero() {
                         tokio::time::sleep(delay).await;
@@ -66,7 +73,9 @@ async fn serve(args: Args) -> std::io::Result<()> {
                     Ok(Response::new(Full::new(body)))
                 }
             });
-            let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).await;
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
         });
     }
 }

@@ -4,6 +4,8 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+
+use arc_swap::ArcSwapOption;
 use std::time::Instant;
 
 use prometheus_client::metrics::counter::Counter;
@@ -90,9 +92,29 @@ pub struct EndpointState {
     healthy: AtomicBool,
     /// Fast-path copy of "ejected right now" (cleared lazily when the time passes).
     ejected: AtomicBool,
-    draining: AtomicBool,
+    /// When draining began ([`clock`] nanos), 0 when not draining.
+    draining_since: AtomicU64,
+    /// How long a draining endpoint keeps its sticky sessions (nanos); 0 for
+    /// pools without sticky sessions.
+    sticky_hold: AtomicU64,
+    /// When the slow-start ramp began ([`clock`] nanos), 0 when none.
+    slow_start_since: AtomicU64,
+    /// The pool's surge queue, told whenever a slot frees.
+    queue_hook: ArcSwapOption<crate::snapshot::PoolLive>,
     health: Mutex<Health>,
     metrics: EndpointMetrics,
+}
+
+/// A monotonic clock in nanoseconds since process start, plus one (so 0 can
+/// mean "never"), for timestamps kept in atomics.
+pub fn clock(now: Instant) -> u64 {
+    static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let base = *BASE.get_or_init(|| Instant::now() - std::time::Duration::from_secs(1));
+    now.saturating_duration_since(base).as_nanos() as u64 + 1
+}
+
+fn since(stamp: u64, now: Instant) -> Option<std::time::Duration> {
+    (stamp != 0).then(|| std::time::Duration::from_nanos(clock(now).saturating_sub(stamp)))
 }
 
 impl std::fmt::Debug for EndpointState {
@@ -127,7 +149,10 @@ impl EndpointState {
             in_flight: AtomicU64::new(0),
             healthy: AtomicBool::new(counter.is_healthy()),
             ejected: AtomicBool::new(false),
-            draining: AtomicBool::new(false),
+            draining_since: AtomicU64::new(0),
+            sticky_hold: AtomicU64::new(0),
+            slow_start_since: AtomicU64::new(0),
+            queue_hook: ArcSwapOption::empty(),
             health: Mutex::new(Health {
                 counter,
                 outlier: OutlierState::default(),
@@ -174,9 +199,45 @@ impl EndpointState {
         }
     }
 
+    /// Counts a request in flight if fewer than `limit` are: the check and
+    /// the increment are one atomic step, so a limit is never overshot.
+    pub fn try_start_request(self: &Arc<Self>, limit: Option<u64>) -> Option<InFlight> {
+        let Some(limit) = limit else {
+            return Some(self.start_request());
+        };
+        self.in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| InFlight {
+                endpoint: self.clone(),
+            })
+    }
+
     /// Whether it may take a new request at `now`.
     pub fn is_available(&self, now: Instant) -> bool {
-        if !self.healthy.load(Ordering::Relaxed) || self.draining.load(Ordering::Relaxed) {
+        !self.is_draining() && self.is_serving(now)
+    }
+
+    /// Whether it may serve a request pinned to it by a sticky session:
+    /// healthy, not ejected, and either not draining or still within the
+    /// pool's drain timeout.
+    pub fn takes_sticky(&self, now: Instant) -> bool {
+        if !self.is_serving(now) {
+            return false;
+        }
+        match since(self.draining_since.load(Ordering::Relaxed), now) {
+            None => true,
+            Some(elapsed) => {
+                elapsed.as_nanos() < u128::from(self.sticky_hold.load(Ordering::Relaxed))
+            }
+        }
+    }
+
+    /// Healthy and not ejected (draining or not).
+    fn is_serving(&self, now: Instant) -> bool {
+        if !self.healthy.load(Ordering::Relaxed) {
             return false;
         }
         if self.ejected.load(Ordering::Relaxed) {
@@ -197,7 +258,7 @@ impl EndpointState {
 
     /// The state operators see.
     pub fn state(&self, now: Instant) -> HealthState {
-        if self.draining.load(Ordering::Relaxed) {
+        if self.is_draining() {
             HealthState::Draining
         } else if !self.healthy.load(Ordering::Relaxed) {
             HealthState::Unhealthy
@@ -208,13 +269,69 @@ impl EndpointState {
         }
     }
 
-    /// Whether it was removed from the config.
+    /// Whether it is draining: removed from its pool or terminating.
     pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Relaxed)
+        self.draining_since.load(Ordering::Relaxed) != 0
     }
 
-    fn set_draining(&self, draining: bool) {
-        self.draining.store(draining, Ordering::Relaxed);
+    /// Starts or ends draining; a drain already under way keeps its start time.
+    pub fn set_draining(&self, draining: bool, now: Instant) {
+        if draining {
+            let _ = self.draining_since.compare_exchange(
+                0,
+                clock(now),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            );
+        } else {
+            self.draining_since.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Sets how long sticky sessions may keep using it while it drains.
+    pub fn set_sticky_hold(&self, hold: std::time::Duration) {
+        self.sticky_hold
+            .store(hold.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// Whether a draining endpoint has served its time: nothing in flight and
+    /// its sticky hold (if any) over.
+    fn drained(&self, now: Instant) -> bool {
+        let Some(elapsed) = since(self.draining_since.load(Ordering::Relaxed), now) else {
+            return false;
+        };
+        self.in_flight() == 0
+            && elapsed.as_nanos() >= u128::from(self.sticky_hold.load(Ordering::Relaxed))
+    }
+
+    /// Starts a slow-start ramp at `now`.
+    pub fn start_slow_start(&self, now: Instant) {
+        self.slow_start_since.store(clock(now), Ordering::Relaxed);
+    }
+
+    /// The weight factor of `settings`' ramp at `now` (1.0 when not ramping).
+    pub fn slow_start_factor(
+        &self,
+        settings: Option<&crate::balance::slow_start::SlowStart>,
+        now: Instant,
+    ) -> f64 {
+        let (Some(settings), stamp) = (settings, self.slow_start_since.load(Ordering::Relaxed))
+        else {
+            return 1.0;
+        };
+        match since(stamp, now) {
+            None => 1.0,
+            Some(elapsed) if elapsed >= settings.window => {
+                self.slow_start_since.store(0, Ordering::Relaxed);
+                1.0
+            }
+            Some(elapsed) => crate::balance::slow_start::factor(settings, now - elapsed, now),
+        }
+    }
+
+    /// Tells `pool`'s surge queue whenever a slot frees (`None`: no queue).
+    pub fn set_queue_hook(&self, pool: Option<Arc<crate::snapshot::PoolLive>>) {
+        self.queue_hook.store(pool);
     }
 
     /// Records the outcome of a proxied request for outlier detection and
@@ -291,6 +408,17 @@ impl EndpointState {
         self.healthy
             .store(h.counter.is_healthy(), Ordering::Relaxed);
         h.last_check = Some(result);
+        drop(h);
+        // Envoy's rule: a host that comes back healthy ramps up again; one
+        // that fails stops ramping.
+        match transition {
+            Some(Transition::Up) => self.start_slow_start(now),
+            Some(Transition::Down) => self.slow_start_since.store(0, Ordering::Relaxed),
+            None => {}
+        }
+        if transition == Some(Transition::Up) || unejected {
+            self.notify_slot();
+        }
         (transition, unejected)
     }
 
@@ -320,7 +448,17 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.endpoint.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.endpoint.notify_slot();
+    }
+}
+
+impl EndpointState {
+    /// Lets the pool's queue hand the freed capacity to a waiting request.
+    fn notify_slot(&self) {
+        if let Some(pool) = self.queue_hook.load().as_ref() {
+            pool.slot_freed();
+        }
     }
 }
 
@@ -346,7 +484,7 @@ impl Endpoints {
 
     /// The state of `address` in `pool`, created if new. A new endpoint with
     /// health checks waits for its first check unless `initial` (present at
-    /// process start). A draining endpoint that is configured again is revived.
+    /// process start), and a new endpoint slow-starts unless `initial`.
     pub fn get_or_create(
         &self,
         pool: &str,
@@ -356,7 +494,6 @@ impl Endpoints {
     ) -> Arc<EndpointState> {
         let mut map = self.lock();
         if let Some(state) = map.get(&(pool.to_string(), address.to_string())) {
-            state.set_draining(false);
             return state.clone();
         }
         let counter = match check {
@@ -365,27 +502,40 @@ impl Endpoints {
             None => HealthCounter::healthy(1, 1),
         };
         let state = Arc::new(EndpointState::new(pool, address, counter, &self.metrics));
+        if !initial {
+            state.start_slow_start(Instant::now());
+        }
         map.insert((pool.to_string(), address.to_string()), state.clone());
         state
     }
 
     /// Marks every endpoint not in `keep` as draining: it takes no new
-    /// requests and is forgotten once its in-flight requests finish.
-    pub fn retain(&self, keep: &[Arc<EndpointState>]) {
+    /// requests and is forgotten once its in-flight requests finish (and, in
+    /// a pool with sticky sessions, once its hold is over).
+    pub fn retain(&self, keep: &[Arc<EndpointState>], now: Instant) {
         let map = self.lock();
         for state in map.values() {
             if !keep.iter().any(|k| Arc::ptr_eq(k, state)) {
-                state.set_draining(true);
+                state.set_draining(true, now);
             }
         }
     }
 
-    /// Forgets draining endpoints with nothing in flight; returns how many.
-    pub fn sweep(&self) -> usize {
+    /// Every endpoint of `pool` (draining ones included).
+    pub fn of_pool(&self, pool: &str) -> Vec<Arc<EndpointState>> {
+        self.lock()
+            .values()
+            .filter(|s| s.pool() == pool)
+            .cloned()
+            .collect()
+    }
+
+    /// Forgets drained endpoints that no snapshot routes to (`keep`); returns how many.
+    pub fn sweep(&self, keep: &[Arc<EndpointState>], now: Instant) -> usize {
         let mut map = self.lock();
         let gone: Vec<_> = map
             .iter()
-            .filter(|(_, s)| s.is_draining() && s.in_flight() == 0)
+            .filter(|(_, s)| s.drained(now) && !keep.iter().any(|k| Arc::ptr_eq(k, s)))
             .map(|(k, _)| k.clone())
             .collect();
         for key in &gone {

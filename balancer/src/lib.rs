@@ -7,16 +7,22 @@
 
 pub mod admin;
 pub mod balance;
+pub mod cache;
 pub mod config;
+pub mod discovery;
 pub mod endpoint;
 pub mod health;
 pub mod listener;
 pub mod metrics;
+pub mod pool_update;
 pub mod proxy;
+pub mod queue;
+pub mod ratelimit;
 pub mod retry_budget;
 pub mod server;
 pub mod snapshot;
 pub mod state;
+pub mod sticky;
 pub mod summary;
 pub mod tls;
 

@@ -96,6 +96,7 @@ fn main() -> ExitCode {
 async fn run(config: PathBuf, watch_interval: Duration) -> ExitCode {
     let options = Options {
         watch_interval: (!watch_interval.is_zero()).then_some(watch_interval),
+        ..Default::default()
     };
     let (mut term, mut int, mut hup) = match (
         signal(SignalKind::terminate()),

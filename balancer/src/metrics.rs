@@ -54,6 +54,33 @@ pub struct PoolLabels {
     pub pool: String,
 }
 
+/// Labels of a per-pool metric with a reason.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolReasonLabels {
+    /// Pool name.
+    pub pool: String,
+    /// Why.
+    pub reason: &'static str,
+}
+
+/// Labels of a failover counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailoverLabels {
+    /// Pool name.
+    pub pool: String,
+    /// `backup` or `primary`: where traffic went.
+    pub to: &'static str,
+}
+
+/// Labels of a micro-cache counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabels {
+    /// Pool name.
+    pub pool: String,
+    /// `hit`, `miss`, `collapsed` or `bypass`.
+    pub result: &'static str,
+}
+
 /// Labels with a result.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
@@ -129,6 +156,20 @@ pub struct Metrics {
     pub downstream_connections_total: Family<ListenerLabels, Counter>,
     /// Failed TLS handshakes per listener.
     pub tls_handshake_errors: Family<ListenerLabels, Counter>,
+    /// Requests waiting in a pool's surge queue.
+    pub queue_depth: Family<PoolLabels, Gauge>,
+    /// Time requests waited in the surge queue.
+    pub queue_wait: HistogramFamily<PoolLabels>,
+    /// Requests turned away by admission control.
+    pub queue_rejected: Family<PoolReasonLabels, Counter>,
+    /// 1 while a pool's traffic goes to its backup pool.
+    pub using_backup: Family<PoolLabels, Gauge>,
+    /// Switches to the backup pool and back.
+    pub failovers: Family<FailoverLabels, Counter>,
+    /// Requests refused by a route's rate limit (429).
+    pub rate_limited: Family<PoolLabels, Counter>,
+    /// Micro-cache lookups by result.
+    pub cache_lookups: Family<CacheLabels, Counter>,
 }
 
 impl fmt::Debug for Metrics {
@@ -155,6 +196,13 @@ impl Default for Metrics {
             downstream_connections: Family::default(),
             downstream_connections_total: Family::default(),
             tls_handshake_errors: Family::default(),
+            queue_depth: Family::default(),
+            queue_wait: Family::new_with_constructor(latency_histogram),
+            queue_rejected: Family::default(),
+            using_backup: Family::default(),
+            failovers: Family::default(),
+            rate_limited: Family::default(),
+            cache_lookups: Family::default(),
         }
     }
 }
@@ -233,6 +281,37 @@ impl Metrics {
             "tls_handshake_errors",
             "Failed TLS handshakes",
             self.tls_handshake_errors.clone(),
+        );
+        r.register(
+            "pool_queue_depth",
+            "Requests waiting in the pool's surge queue",
+            self.queue_depth.clone(),
+        );
+        r.register(
+            "pool_queue_wait_seconds",
+            "Time requests waited in the surge queue before being sent or refused",
+            self.queue_wait.clone(),
+        );
+        r.register("pool_queue_rejected", "Requests refused by admission control: queue full, queue timeout, or every endpoint at its limit without a queue", self.queue_rejected.clone());
+        r.register(
+            "pool_using_backup",
+            "1 while the pool has no healthy endpoint and its traffic goes to the backup pool",
+            self.using_backup.clone(),
+        );
+        r.register(
+            "pool_failovers",
+            "Switches of a pool's traffic to its backup pool and back",
+            self.failovers.clone(),
+        );
+        r.register(
+            "rate_limited",
+            "Requests refused with 429 by a route's per-client rate limit",
+            self.rate_limited.clone(),
+        );
+        r.register(
+            "cache_lookups",
+            "Micro-cache lookups: hit, miss, collapsed (waited for a concurrent miss), bypass",
+            self.cache_lookups.clone(),
         );
         r.register_collector(Box::new(LiveCollector { endpoints }));
         r

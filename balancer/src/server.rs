@@ -13,24 +13,38 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Config, ConfigError};
 use crate::endpoint::Endpoints;
-use crate::health::checker::Checkers;
 use crate::listener::BoundListener;
 use crate::metrics::{Metrics, ResultLabels};
-use crate::snapshot::{Pools, Snapshot};
+use crate::pool_update::PoolUpdater;
+use crate::snapshot::{Inputs, Pools, Routes, Snapshot};
 use crate::state::Shared;
+use crate::sticky::StickySecret;
 
 /// Options that are not part of the config file.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Options {
     /// How often the config and certificate files are checked for changes
     /// (`None` turns file watching off; SIGHUP and [`Balancer::reload`] still work).
     pub watch_interval: Option<Duration>,
+    /// The Kubernetes client for EndpointSlice discovery; when `None` one is
+    /// made from the environment (in-cluster or kubeconfig) when needed.
+    pub kube_client: Option<kube::Client>,
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("watch_interval", &self.watch_interval)
+            .field("kube_client", &self.kube_client.is_some())
+            .finish()
+    }
 }
 
 impl Default for Options {
     fn default() -> Self {
         Self {
             watch_interval: Some(Duration::from_secs(1)),
+            kube_client: None,
         }
     }
 }
@@ -43,7 +57,7 @@ pub struct Balancer {
     admin_addr: Option<SocketAddr>,
     admin_stop: CancellationToken,
     control_stop: CancellationToken,
-    checkers: Checkers,
+    updater: Arc<PoolUpdater>,
     reload_lock: Mutex<u64>,
 }
 
@@ -63,6 +77,7 @@ impl Balancer {
         let metrics = Metrics::default();
         let endpoints = Arc::new(Endpoints::new(metrics.clone()));
         let pools = Pools::new(metrics.clone());
+        let routes = Routes::default();
         let mut listeners = Vec::new();
         for l in &config.listeners {
             let bound = BoundListener::bind(l)
@@ -79,9 +94,24 @@ impl Balancer {
             None => None,
         };
         let config = Arc::new(config);
-        let snapshot = Snapshot::build(config, &endpoints, &pools, true);
+        // A placeholder without endpoints; the real first snapshot is
+        // installed below, before any listener serves.
+        let empty = Snapshot::build(
+            config.clone(),
+            &Inputs {
+                endpoints: &endpoints,
+                pools: &pools,
+                routes: &routes,
+                endpoint_lists: &|_| Vec::new(),
+                initial: &|_| true,
+                secrets: &|_, _| StickySecret::random(),
+            },
+        );
         let registry: Arc<Registry> = Arc::new(metrics.registry(endpoints.clone()));
-        let shared = Arc::new(Shared::new(snapshot, endpoints, pools, metrics));
+        let shared = Arc::new(Shared::new(empty, endpoints, pools, routes, metrics));
+        let (updater, updates) = PoolUpdater::new(shared.clone(), options.kube_client.clone());
+        updater.install(config, true);
+        updater.listen(updates);
         record_reload(&shared, true);
 
         let admin_addr = admin_tcp
@@ -95,7 +125,7 @@ impl Balancer {
             admin_addr,
             admin_stop: CancellationToken::new(),
             control_stop: CancellationToken::new(),
-            checkers: Checkers::default(),
+            updater,
             reload_lock: Mutex::new(fingerprint),
         });
         if let Some(tcp) = admin_tcp {
@@ -109,7 +139,6 @@ impl Balancer {
         for l in &balancer.listeners {
             tokio::spawn(l.clone().serve(shared.clone()));
         }
-        balancer.checkers.reconcile(&shared);
         tokio::spawn(sweep(shared.clone(), balancer.control_stop.clone()));
         if let Some(every) = options.watch_interval {
             tokio::spawn(watch(
@@ -184,16 +213,7 @@ impl Balancer {
         if config.admin.as_ref().map(|a| a.bind) != current.config.admin.as_ref().map(|a| a.bind) {
             tracing::warn!("changing the admin bind address needs a restart");
         }
-        let snapshot = Snapshot::build(
-            Arc::new(config),
-            &self.shared.endpoints,
-            &self.shared.pools,
-            false,
-        );
-        let members = snapshot.members();
-        self.shared.snapshot.store(Arc::new(snapshot));
-        self.shared.endpoints.retain(&members);
-        self.checkers.reconcile(&self.shared);
+        self.updater.install(Arc::new(config), false);
     }
 
     /// Drains and stops: readiness turns false, after `shutdown.delay` the
@@ -219,7 +239,7 @@ impl Balancer {
             );
         }
         self.control_stop.cancel();
-        self.checkers.stop();
+        self.updater.stop();
         self.admin_stop.cancel();
         drained
     }
@@ -295,7 +315,8 @@ async fn sweep(shared: Arc<Shared>, stop: CancellationToken) {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
-        let gone = shared.endpoints.sweep();
+        let members = shared.snapshot.load().members();
+        let gone = shared.endpoints.sweep(&members, std::time::Instant::now());
         if gone > 0 {
             tracing::info!(endpoints = gone, "drained endpoints removed");
         }

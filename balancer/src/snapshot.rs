@@ -1,18 +1,30 @@
 //! The immutable routing snapshot published through `ArcSwap`, and the live
-//! per-pool state (retry budget, connection pool) that outlives snapshots.
+//! per-pool and per-route state (retry budget, connection pool, surge queue,
+//! affinity table, rate limiter, micro-cache) that outlives snapshots.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwapOption;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 
 use crate::balance::{self, Candidate, Picker};
-use crate::config::{Config, Pool, Route, Timeouts};
-use crate::endpoint::{EndpointState, Endpoints};
-use crate::metrics::{CODE_CLASSES, Metrics, PoolClassLabels};
+use crate::cache::MicroCache;
+use crate::config::{Config, EndpointSpec, Pool, Route, Sticky, Timeouts};
+use crate::endpoint::{EndpointState, Endpoints, InFlight};
+use crate::metrics::{
+    CODE_CLASSES, CacheLabels, FailoverLabels, Metrics, PoolClassLabels, PoolLabels,
+    PoolReasonLabels,
+};
 use crate::proxy::upstream::{self, UpstreamClient};
+use crate::queue::SurgeQueue;
+use crate::ratelimit::Limiter;
 use crate::retry_budget::RetryBudget;
+use crate::sticky::StickySecret;
 
 /// One endpoint of a pool in a snapshot.
 #[derive(Debug, Clone)]
@@ -23,16 +35,33 @@ pub struct Member {
     pub weight: u32,
 }
 
+/// Sticky-session data of a pool in one snapshot.
+#[derive(Debug)]
+pub struct StickyRuntime {
+    /// Settings.
+    pub settings: Sticky,
+    /// Signs endpoint ids.
+    pub secret: StickySecret,
+    /// Cookie id of each member, by member index.
+    pub ids: Vec<String>,
+    /// Endpoint by cookie id, draining endpoints included.
+    pub by_id: HashMap<String, Arc<EndpointState>>,
+}
+
 /// A pool as routed by one snapshot.
 pub struct PoolRuntime {
     /// Settings.
     pub settings: Pool,
-    /// Endpoints.
+    /// Endpoints (draining ones included; they take no new sessions).
     pub members: Vec<Member>,
     /// The selection algorithm.
     pub picker: &'static dyn Picker,
     /// Live state shared across snapshots.
     pub live: Arc<PoolLive>,
+    /// Sticky sessions, when on.
+    pub sticky: Option<StickyRuntime>,
+    /// Index of the backup pool in the snapshot.
+    pub backup: Option<usize>,
 }
 
 impl std::fmt::Debug for PoolRuntime {
@@ -45,21 +74,66 @@ impl std::fmt::Debug for PoolRuntime {
 }
 
 impl PoolRuntime {
-    /// Picks an available endpoint not in `exclude`.
-    pub fn pick(&self, now: Instant, exclude: &[usize], entropy: u64) -> Option<usize> {
+    /// Picks an endpoint that takes new requests, is not in `exclude` and,
+    /// when `limited`, is below `maxInFlightPerEndpoint`. Weights are scaled
+    /// by slow start.
+    pub fn pick(
+        &self,
+        now: Instant,
+        exclude: &[usize],
+        limited: bool,
+        entropy: u64,
+    ) -> Option<usize> {
+        let limit = if limited {
+            self.settings.max_in_flight_per_endpoint
+        } else {
+            None
+        };
+        let slow_start = self.settings.slow_start.as_ref();
         let mut index = Vec::with_capacity(self.members.len());
         let mut candidates = Vec::with_capacity(self.members.len());
         for (i, m) in self.members.iter().enumerate() {
             if exclude.contains(&i) || !m.state.is_available(now) {
                 continue;
             }
+            let in_flight = m.state.in_flight();
+            if limit.is_some_and(|l| in_flight >= l) {
+                continue;
+            }
             index.push(i);
             candidates.push(Candidate {
-                weight: f64::from(m.weight),
-                in_flight: m.state.in_flight(),
+                weight: f64::from(m.weight) * m.state.slow_start_factor(slow_start, now),
+                in_flight,
             });
         }
         self.picker.pick(&candidates, entropy).map(|c| index[c])
+    }
+
+    /// Picks an endpoint and counts the request on it, respecting
+    /// `maxInFlightPerEndpoint` atomically.
+    pub fn reserve(&self, now: Instant, exclude: &[usize]) -> Option<(usize, InFlight)> {
+        let limit = self.settings.max_in_flight_per_endpoint;
+        // Another request may take the last slot between the pick and the
+        // reservation; a few tries settle it.
+        for _ in 0..4 {
+            let idx = self.pick(now, exclude, true, fastrand::u64(..))?;
+            if let Some(guard) = self.members[idx].state.try_start_request(limit) {
+                return Some((idx, guard));
+            }
+        }
+        None
+    }
+
+    /// Whether any endpoint takes new requests (limits aside).
+    pub fn has_available(&self, now: Instant) -> bool {
+        self.members.iter().any(|m| m.state.is_available(now))
+    }
+
+    /// The member index of `state`.
+    pub fn index_of(&self, state: &Arc<EndpointState>) -> Option<usize> {
+        self.members
+            .iter()
+            .position(|m| Arc::ptr_eq(&m.state, state))
     }
 
     /// Whether one more endpoint may be ejected now.
@@ -73,12 +147,66 @@ impl PoolRuntime {
     }
 }
 
-/// Per-pool state that survives reloads.
-pub struct PoolLive {
-    /// In-flight requests and retries, for the retry budget.
-    pub budget: Arc<RetryBudget>,
+/// Metric handles of a pool.
+pub struct PoolMetrics {
     /// Responses to clients by status class.
     pub responses: [Counter; 5],
+    /// Requests waiting in the surge queue.
+    pub queue_depth: Gauge,
+    /// Time spent waiting in the queue.
+    pub queue_wait: Histogram,
+    /// Requests turned away: `full`, `timeout`, `at_capacity`.
+    pub queue_rejected: [Counter; 3],
+    /// 1 while traffic goes to the backup pool.
+    pub using_backup: Gauge,
+    /// Switches to the backup pool and back.
+    pub failovers: [Counter; 2],
+    /// Requests refused by a route's rate limit.
+    pub rate_limited: Counter,
+    /// Micro-cache lookups: hit, miss, collapsed, bypass.
+    pub cache: [Counter; 4],
+}
+
+/// Why a request found no place: index into [`PoolMetrics::queue_rejected`].
+#[derive(Debug, Clone, Copy)]
+pub enum Rejection {
+    /// The queue was full.
+    Full = 0,
+    /// It waited past the queue timeout.
+    Timeout = 1,
+    /// Every endpoint was at its limit and the pool has no queue.
+    AtCapacity = 2,
+}
+
+/// Micro-cache lookup results: index into [`PoolMetrics::cache`].
+#[derive(Debug, Clone, Copy)]
+pub enum CacheResult {
+    /// Served from the cache.
+    Hit = 0,
+    /// Fetched from upstream (and stored if allowed).
+    Miss = 1,
+    /// Waited for another request's fetch of the same key.
+    Collapsed = 2,
+    /// Not cacheable (session, method, directives).
+    Bypass = 3,
+}
+
+/// Per-pool state that survives reloads.
+pub struct PoolLive {
+    /// Pool name.
+    pub name: String,
+    /// In-flight requests and retries, for the retry budget.
+    pub budget: Arc<RetryBudget>,
+    /// Requests waiting for a slot.
+    pub queue: Arc<SurgeQueue>,
+    /// The pool in the current snapshot (for the queue's dispatch).
+    pub current: ArcSwapOption<PoolRuntime>,
+    /// Application-cookie value → endpoint address, learned from responses.
+    pub learned: moka::sync::Cache<String, String>,
+    /// Whether traffic currently goes to the backup pool.
+    on_backup: AtomicBool,
+    /// Metric handles.
+    pub metrics: PoolMetrics,
     client: Mutex<(Timeouts, UpstreamClient)>,
 }
 
@@ -94,7 +222,34 @@ impl PoolLive {
 
     /// Counts a response sent to a client.
     pub fn count_response(&self, status: u16) {
-        self.responses[crate::metrics::class_index(status)].inc();
+        self.metrics.responses[crate::metrics::class_index(status)].inc();
+    }
+
+    /// A slot freed (or capacity appeared): hand it to the oldest waiter.
+    pub fn slot_freed(&self) {
+        if !self.queue.has_waiters() {
+            return;
+        }
+        let Some(pool) = self.current.load_full() else {
+            return;
+        };
+        let now = Instant::now();
+        self.queue
+            .dispatch(|| pool.reserve(now, &[]).map(|(_, guard)| guard));
+    }
+
+    /// Records whether the backup pool is in use; logs and counts changes.
+    pub fn set_on_backup(&self, on: bool, backup: &str) {
+        if self.on_backup.swap(on, Ordering::Relaxed) == on {
+            return;
+        }
+        self.metrics.using_backup.set(i64::from(on));
+        self.metrics.failovers[usize::from(!on)].inc();
+        if on {
+            tracing::warn!(pool = %self.name, %backup, "no healthy endpoint: failing over to the backup pool");
+        } else {
+            tracing::info!(pool = %self.name, %backup, "primary pool healthy again: traffic returns from the backup pool");
+        }
     }
 }
 
@@ -123,19 +278,106 @@ impl Pools {
             }
             return live.clone();
         }
+        let m = &self.metrics;
+        let labels = PoolLabels {
+            pool: pool.name.clone(),
+        };
+        let reason = |reason| {
+            m.queue_rejected.get_or_create_owned(&PoolReasonLabels {
+                pool: pool.name.clone(),
+                reason,
+            })
+        };
         let live = Arc::new(PoolLive {
+            name: pool.name.clone(),
             budget: Arc::default(),
-            responses: CODE_CLASSES.map(|c| {
-                self.metrics
-                    .pool_responses
-                    .get_or_create_owned(&PoolClassLabels {
+            queue: Arc::default(),
+            current: ArcSwapOption::empty(),
+            learned: moka::sync::Cache::builder()
+                .max_capacity(1_000_000)
+                .time_to_idle(Duration::from_secs(24 * 3600))
+                .build(),
+            on_backup: AtomicBool::new(false),
+            metrics: PoolMetrics {
+                responses: CODE_CLASSES.map(|c| {
+                    m.pool_responses.get_or_create_owned(&PoolClassLabels {
                         pool: pool.name.clone(),
                         code_class: c,
                     })
-            }),
+                }),
+                queue_depth: m.queue_depth.get_or_create_owned(&labels),
+                queue_wait: m.queue_wait.get_or_create_owned(&labels),
+                queue_rejected: [reason("full"), reason("timeout"), reason("at_capacity")],
+                using_backup: m.using_backup.get_or_create_owned(&labels),
+                failovers: ["backup", "primary"].map(|to| {
+                    m.failovers.get_or_create_owned(&FailoverLabels {
+                        pool: pool.name.clone(),
+                        to,
+                    })
+                }),
+                rate_limited: m.rate_limited.get_or_create_owned(&labels),
+                cache: ["hit", "miss", "collapsed", "bypass"].map(|r| {
+                    m.cache_lookups.get_or_create_owned(&CacheLabels {
+                        pool: pool.name.clone(),
+                        result: r,
+                    })
+                }),
+            },
             client: Mutex::new((pool.timeouts.clone(), upstream::client(&pool.timeouts))),
         });
         map.insert(pool.name.clone(), live.clone());
+        live
+    }
+
+    /// Every pool's live state.
+    pub fn all(&self) -> Vec<Arc<PoolLive>> {
+        self.map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+}
+
+/// Per-route state that survives reloads: the rate limiter and the micro-cache.
+pub struct RouteLive {
+    /// Token buckets by client address.
+    pub limiter: Option<Limiter>,
+    /// The micro-cache.
+    pub cache: Option<MicroCache>,
+}
+
+/// Live route state, keyed by what identifies a route (host, prefix, pool)
+/// and rebuilt when its settings change.
+#[derive(Default)]
+pub struct Routes {
+    map: Mutex<HashMap<String, (Route, Arc<RouteLive>)>>,
+}
+
+impl Routes {
+    fn get_or_create(&self, route: &Route) -> Arc<RouteLive> {
+        let key = format!(
+            "{}|{}|{}",
+            route
+                .host
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+            route.path_prefix,
+            route.pool
+        );
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((known, live)) = map.get(&key)
+            && known == route
+        {
+            return live.clone();
+        }
+        let live = Arc::new(RouteLive {
+            limiter: route.rate_limit.as_ref().map(Limiter::new),
+            cache: route.cache.as_ref().map(MicroCache::new),
+        });
+        map.insert(key, (route.clone(), live.clone()));
         live
     }
 }
@@ -147,46 +389,124 @@ pub struct Snapshot {
     pub config: Arc<Config>,
     /// Routes in match order, each with its pool's index.
     pub routes: Vec<(Route, usize)>,
+    /// Live state of each route, by route index.
+    pub route_live: Vec<Arc<RouteLive>>,
     /// Pools.
-    pub pools: Vec<PoolRuntime>,
+    pub pools: Vec<Arc<PoolRuntime>>,
+}
+
+impl std::fmt::Debug for RouteLive {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteLive").finish_non_exhaustive()
+    }
+}
+
+/// What a snapshot is built from besides the config.
+pub struct Inputs<'a> {
+    /// Live endpoint state.
+    pub endpoints: &'a Endpoints,
+    /// Live pool state.
+    pub pools: &'a Pools,
+    /// Live route state.
+    pub routes: &'a Routes,
+    /// Endpoints of each pool, from every discovery source.
+    pub endpoint_lists: &'a dyn Fn(&str) -> Vec<EndpointSpec>,
+    /// Whether a pool's endpoints count as present at start (no slow start,
+    /// no wait for a first health check).
+    pub initial: &'a dyn Fn(&str) -> bool,
+    /// Per-pool sticky secrets (random ones persist across reloads).
+    pub secrets: &'a dyn Fn(&str, Option<&str>) -> StickySecret,
 }
 
 impl Snapshot {
-    /// Builds a snapshot, reusing live state for endpoints and pools that
-    /// already exist. `initial` marks the process start (endpoints start healthy).
-    pub fn build(config: Arc<Config>, endpoints: &Endpoints, pools: &Pools, initial: bool) -> Self {
+    /// Builds a snapshot, reusing live state for endpoints, pools and routes
+    /// that already exist.
+    pub fn build(config: Arc<Config>, inputs: &Inputs<'_>) -> Self {
+        let now = Instant::now();
+        let names: Vec<&String> = config.pools.keys().collect();
         let mut runtimes = Vec::with_capacity(config.pools.len());
-        let mut by_name = HashMap::new();
         for (name, pool) in &config.pools {
-            let members = pool
-                .endpoints
-                .iter()
-                .map(|e| Member {
-                    state: endpoints.get_or_create(
+            let initial = (inputs.initial)(name);
+            let live = inputs.pools.get_or_create(pool);
+            let members: Vec<Member> = (inputs.endpoint_lists)(name)
+                .into_iter()
+                .map(|e| {
+                    let state = inputs.endpoints.get_or_create(
                         name,
                         &e.address,
                         pool.health_check.as_ref(),
                         initial,
-                    ),
-                    weight: e.weight,
+                    );
+                    state.set_draining(e.draining, now);
+                    Member {
+                        state,
+                        weight: e.weight,
+                    }
                 })
                 .collect();
-            by_name.insert(name.clone(), runtimes.len());
-            runtimes.push(PoolRuntime {
+            let hold = if pool.sticky.is_some() {
+                pool.drain_timeout
+            } else {
+                Duration::ZERO
+            };
+            for s in inputs.endpoints.of_pool(name) {
+                s.set_sticky_hold(hold);
+                s.set_queue_hook(pool.max_in_flight_per_endpoint.map(|_| live.clone()));
+            }
+            let sticky = pool.sticky.as_ref().map(|settings| {
+                let secret = (inputs.secrets)(name, settings.secret.as_deref());
+                let ids: Vec<String> = members
+                    .iter()
+                    .map(|m| secret.endpoint_id(name, m.state.address()))
+                    .collect();
+                let by_id = inputs
+                    .endpoints
+                    .of_pool(name)
+                    .into_iter()
+                    .map(|s| (secret.endpoint_id(name, s.address()), s))
+                    .collect();
+                StickyRuntime {
+                    settings: settings.clone(),
+                    secret,
+                    ids,
+                    by_id,
+                }
+            });
+            let backup = pool
+                .backup_pool
+                .as_ref()
+                .and_then(|b| names.iter().position(|n| *n == b));
+            runtimes.push(Arc::new(PoolRuntime {
                 settings: pool.clone(),
                 members,
                 picker: balance::picker(pool.balance),
-                live: pools.get_or_create(pool),
-            });
+                live,
+                sticky,
+                backup,
+            }));
         }
-        let routes = config
+        for rt in &runtimes {
+            rt.live.current.store(Some(rt.clone()));
+        }
+        let index: HashMap<&str, usize> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.as_str(), i))
+            .collect();
+        let routes: Vec<(Route, usize)> = config
             .routes
             .iter()
-            .map(|r| (r.clone(), by_name[&r.pool]))
+            .map(|r| (r.clone(), index[r.pool.as_str()]))
+            .collect();
+        let route_live = config
+            .routes
+            .iter()
+            .map(|r| inputs.routes.get_or_create(r))
             .collect();
         Self {
             config,
             routes,
+            route_live,
             pools: runtimes,
         }
     }
@@ -199,18 +519,18 @@ impl Snapshot {
             .collect()
     }
 
-    /// The pool serving `host` (lower case, no port) and `path`.
-    pub fn route(&self, host: &str, path: &str) -> Option<&PoolRuntime> {
+    /// The route index and pool serving `host` (lower case, no port) and `path`.
+    pub fn route(&self, host: &str, path: &str) -> Option<(usize, &Arc<PoolRuntime>)> {
         self.routes
             .iter()
-            .find(|(r, _)| {
+            .position(|(r, _)| {
                 r.host.as_ref().is_none_or(|h| h.matches(host)) && path.starts_with(&r.path_prefix)
             })
-            .map(|(_, i)| &self.pools[*i])
+            .map(|i| (i, &self.pools[self.routes[i].1]))
     }
 
     /// A pool by name.
-    pub fn pool(&self, name: &str) -> Option<&PoolRuntime> {
+    pub fn pool(&self, name: &str) -> Option<&Arc<PoolRuntime>> {
         self.pools.iter().find(|p| p.settings.name == name)
     }
 }

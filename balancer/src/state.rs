@@ -9,7 +9,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::endpoint::Endpoints;
 use crate::metrics::Metrics;
-use crate::snapshot::{Pools, Snapshot};
+use crate::snapshot::{Pools, Routes, Snapshot};
 
 /// Everything the request path and the control tasks share.
 pub struct Shared {
@@ -19,6 +19,8 @@ pub struct Shared {
     pub endpoints: Arc<Endpoints>,
     /// Live pool state.
     pub pools: Pools,
+    /// Live route state.
+    pub routes: Routes,
     /// Metric families.
     pub metrics: Metrics,
     /// Whether `/readyz` says ready.
@@ -41,12 +43,14 @@ impl Shared {
         snapshot: Snapshot,
         endpoints: Arc<Endpoints>,
         pools: Pools,
+        routes: Routes,
         metrics: Metrics,
     ) -> Self {
         Self {
             snapshot: ArcSwap::from_pointee(snapshot),
             endpoints,
             pools,
+            routes,
             metrics,
             ready: AtomicBool::new(false),
             tasks: TaskTracker::new(),

@@ -311,6 +311,7 @@ async fn reload_call_under_load_fails_no_request() {
     reload_under_load(
         Options {
             watch_interval: None,
+            ..Default::default()
         },
         |tb, _| async move {
             tb.balancer.reload().unwrap_or_else(|e| panic!("{e}"));
@@ -324,6 +325,7 @@ async fn file_watcher_under_load_fails_no_request() {
     reload_under_load(
         Options {
             watch_interval: Some(Duration::from_millis(100)),
+            ..Default::default()
         },
         |tb, want| async move {
             let seen = eventually(Duration::from_secs(10), || async {
@@ -459,6 +461,7 @@ async fn the_watcher_rejects_an_invalid_file_once_and_keeps_serving() {
         &weighted(&[(&a, 100)], ""),
         Options {
             watch_interval: Some(Duration::from_millis(100)),
+            ..Default::default()
         },
     )
     .await;
@@ -604,6 +607,7 @@ async fn the_watcher_ends_on_the_last_of_rapid_rewrites() {
             &weighted(&[(&a, 1)], ""),
             Options {
                 watch_interval: Some(Duration::from_millis(1)),
+                ..Default::default()
             },
         )
         .await,

@@ -270,6 +270,7 @@ async fn http2_and_http11_are_negotiated_by_alpn_on_one_tls_listener() {
         &[("lms", &lms, None)],
         Options {
             watch_interval: None,
+            ..Default::default()
         },
     )
     .await;
@@ -344,6 +345,7 @@ async fn sni_chooses_the_certificate_and_unknown_names_get_the_first() {
         ],
         Options {
             watch_interval: None,
+            ..Default::default()
         },
     )
     .await;
@@ -424,6 +426,7 @@ async fn certificates_are_swapped_on_reload_without_dropping_connections() {
         &[("lms", &old, None)],
         Options {
             watch_interval: None,
+            ..Default::default()
         },
     )
     .await;
@@ -498,6 +501,7 @@ async fn certificate_files_are_watched_and_reloaded() {
         &[("lms", &old, None)],
         Options {
             watch_interval: Some(Duration::from_millis(100)),
+            ..Default::default()
         },
     )
     .await;
@@ -555,6 +559,7 @@ async fn stalled_tls_clients_are_closed_after_header_read_timeout() {
         limits,
         Options {
             watch_interval: None,
+            ..Default::default()
         },
     )
     .await;

@@ -36,6 +36,8 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// Pools by name.
     pub pools: BTreeMap<String, Pool>,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// A client-facing listener.
@@ -138,6 +140,34 @@ pub struct Route {
     pub path_prefix: String,
     /// Target pool.
     pub pool: String,
+    /// Per-client rate limit.
+    pub rate_limit: Option<RateLimit>,
+    /// Micro-cache.
+    pub cache: Option<CacheSettings>,
+}
+
+/// A per-client-address token bucket.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimit {
+    /// Tokens per second.
+    pub requests_per_second: f64,
+    /// Bucket size.
+    pub burst: f64,
+}
+
+impl Eq for RateLimit {}
+
+/// Micro-cache settings of a route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheSettings {
+    /// Longest time an entry is served.
+    pub ttl: Duration,
+    /// Most entries.
+    pub max_entries: u64,
+    /// Largest body kept.
+    pub max_body_bytes: u64,
+    /// Cookies that mark a session; requests carrying one bypass the cache.
+    pub session_cookies: Vec<String>,
 }
 
 /// How a route matches the request host.
@@ -195,15 +225,106 @@ pub struct Pool {
     pub retries: Retries,
     /// Upstream timeouts.
     pub timeouts: Timeouts,
+    /// Endpoint sources besides the static list.
+    pub discovery: Discovery,
+    /// Session affinity.
+    pub sticky: Option<Sticky>,
+    /// Weight ramp for new and recovered endpoints.
+    pub slow_start: Option<crate::balance::slow_start::SlowStart>,
+    /// Requests in flight per endpoint before new ones queue (or get 503).
+    pub max_in_flight_per_endpoint: Option<u64>,
+    /// The surge queue.
+    pub queue: Option<QueueSettings>,
+    /// Pool used while this one has no healthy endpoint.
+    pub backup_pool: Option<String>,
+    /// How long a removed or terminating endpoint keeps its sticky sessions.
+    pub drain_timeout: Duration,
 }
 
-/// An endpoint as configured.
+/// Dynamic endpoint sources.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Discovery {
+    /// `endpoints.file`.
+    pub file: Option<FileSource>,
+    /// `endpoints.dns`.
+    pub dns: Option<DnsSource>,
+    /// `endpoints.kubernetes`.
+    pub kubernetes: Option<KubernetesSource>,
+}
+
+/// `endpoints.file`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileSource {
+    /// The file.
+    pub path: PathBuf,
+    /// Poll interval.
+    pub interval: Duration,
+}
+
+/// `endpoints.dns`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsSource {
+    /// Name with A/AAAA records.
+    pub name: String,
+    /// Port of every endpoint.
+    pub port: u16,
+    /// Resolve interval.
+    pub interval: Duration,
+    /// DNS servers; the system's when empty.
+    pub nameservers: Vec<SocketAddr>,
+}
+
+/// `endpoints.kubernetes`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubernetesSource {
+    /// Service name.
+    pub service: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Port.
+    pub port: KubernetesPort,
+}
+
+/// A pod port number, or the name of a Service port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KubernetesPort {
+    /// Pod port number.
+    Number(u16),
+    /// Service port name.
+    Name(String),
+}
+
+/// Sticky sessions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sticky {
+    /// The affinity cookie's name.
+    pub cookie: String,
+    /// Its lifetime.
+    pub ttl: Duration,
+    /// Affinity from this application cookie instead of our own.
+    pub application_cookie: Option<String>,
+    /// HMAC secret for endpoint ids; random per process when `None`.
+    pub secret: Option<String>,
+}
+
+/// Surge queue settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueSettings {
+    /// Most requests waiting.
+    pub max_length: usize,
+    /// Longest wait.
+    pub timeout: Duration,
+}
+
+/// An endpoint as configured or discovered.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct EndpointSpec {
     /// `host:port`.
     pub address: String,
     /// Relative weight (1 to 1000).
     pub weight: u32,
+    /// Terminating: takes no new sessions, keeps its sticky ones.
+    pub draining: bool,
 }
 
 /// The default endpoint weight.
@@ -390,6 +511,11 @@ fn parse_raw(text: &str) -> Result<raw::RawConfig, FieldError> {
         let field = if field == "." { String::new() } else { field };
         FieldError::new(field, format!("{message}{location}"))
     })
+}
+
+/// Checks a `host:port` endpoint address.
+pub fn check_host_port(text: &str) -> Result<(), String> {
+    validate::host_port(text, "").map_err(|e| e.problem)
 }
 
 fn first_line(text: &str) -> String {

@@ -26,6 +26,10 @@ pub struct RawConfig {
     /// Pools of endpoints by name.
     #[serde(default)]
     pub pools: BTreeMap<String, RawPool>,
+    /// Networks (CIDR) of proxies in front of the balancer whose
+    /// `X-Forwarded-For` is believed when finding the client address.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
 }
 
 /// One client-facing listener.
@@ -128,6 +132,40 @@ pub struct RawRoute {
     pub path_prefix: Option<String>,
     /// The pool that serves matching requests.
     pub pool: String,
+    /// Per-client-address token bucket.
+    #[serde(default)]
+    pub rate_limit: Option<RawRateLimit>,
+    /// Micro-cache for anonymous GETs.
+    #[serde(default)]
+    pub cache: Option<RawCache>,
+}
+
+/// A per-client rate limit.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawRateLimit {
+    /// Sustained requests per second per client address.
+    pub requests_per_second: f64,
+    /// Requests a client may send at once; `requestsPerSecond` when absent.
+    #[serde(default)]
+    pub burst: Option<f64>,
+}
+
+/// Micro-cache settings of a route.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawCache {
+    /// Longest time a response is served from the cache.
+    pub ttl: String,
+    /// Most responses kept.
+    #[serde(default)]
+    pub max_entries: Option<u64>,
+    /// Largest response body kept.
+    #[serde(default)]
+    pub max_body_bytes: Option<RawSize>,
+    /// Cookies that mark a logged-in learner; their requests bypass the cache.
+    #[serde(default)]
+    pub session_cookies: Option<Vec<String>>,
 }
 
 /// A pool of interchangeable endpoints.
@@ -151,6 +189,70 @@ pub struct RawPool {
     /// Upstream timeouts.
     #[serde(default)]
     pub timeouts: Option<RawTimeouts>,
+    /// Session affinity.
+    #[serde(default)]
+    pub sticky_sessions: Option<RawSticky>,
+    /// Weight ramp for new and recovered endpoints.
+    #[serde(default)]
+    pub slow_start: Option<RawSlowStart>,
+    /// Requests in flight per endpoint before new ones queue.
+    #[serde(default)]
+    pub max_in_flight_per_endpoint: Option<u64>,
+    /// The surge queue (needs `maxInFlightPerEndpoint`).
+    #[serde(default)]
+    pub queue: Option<RawQueue>,
+    /// Pool used while this one has no healthy endpoint.
+    #[serde(default)]
+    pub backup_pool: Option<String>,
+    /// How long a removed or terminating endpoint keeps its sticky sessions.
+    #[serde(default)]
+    pub drain_timeout: Option<String>,
+}
+
+/// Sticky-session settings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawSticky {
+    /// Name of the affinity cookie the balancer sets.
+    #[serde(default)]
+    pub cookie: Option<String>,
+    /// Lifetime of that cookie.
+    #[serde(default)]
+    pub ttl: Option<String>,
+    /// Derive affinity from this application cookie instead of setting one.
+    #[serde(default)]
+    pub application_cookie: Option<String>,
+    /// Secret that signs endpoint ids; share it between balancer replicas.
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// File holding the secret (e.g. a mounted Kubernetes Secret).
+    #[serde(default)]
+    pub secret_file: Option<String>,
+}
+
+/// Slow-start settings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawSlowStart {
+    /// Length of the ramp.
+    pub window: String,
+    /// 1.0 is linear; larger ramps faster early.
+    #[serde(default)]
+    pub aggression: Option<f64>,
+    /// Weight floor during the ramp, in percent.
+    #[serde(default)]
+    pub min_weight_percent: Option<f64>,
+}
+
+/// Surge queue settings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawQueue {
+    /// Most requests waiting.
+    pub max_length: u64,
+    /// Longest wait before 503.
+    #[serde(default)]
+    pub timeout: Option<String>,
 }
 
 /// Endpoint sources of a pool.
@@ -160,6 +262,65 @@ pub struct RawEndpoints {
     /// A fixed list.
     #[serde(default, rename = "static")]
     pub static_list: Vec<RawEndpoint>,
+    /// A YAML or JSON file of endpoints, re-read on change.
+    #[serde(default)]
+    pub file: Option<RawFileSource>,
+    /// A DNS name resolved every interval.
+    #[serde(default)]
+    pub dns: Option<RawDnsSource>,
+    /// A Kubernetes Service's EndpointSlices.
+    #[serde(default)]
+    pub kubernetes: Option<RawKubernetesSource>,
+}
+
+/// `endpoints.file`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawFileSource {
+    /// The file (relative to the config file).
+    pub path: String,
+    /// How often it is checked for changes.
+    #[serde(default)]
+    pub interval: Option<String>,
+}
+
+/// `endpoints.dns`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawDnsSource {
+    /// Name with A/AAAA records.
+    pub name: String,
+    /// Port of every endpoint.
+    pub port: u16,
+    /// How often it is resolved.
+    #[serde(default)]
+    pub interval: Option<String>,
+    /// DNS servers (`ip:port`); the system's when absent.
+    #[serde(default)]
+    pub nameservers: Vec<String>,
+}
+
+/// `endpoints.kubernetes`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawKubernetesSource {
+    /// Service name.
+    pub service: String,
+    /// Namespace; `default` when absent.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// Pod port number, or the Service port's name.
+    pub port: RawPort,
+}
+
+/// A port number or name.
+#[derive(Debug, Deserialize)]
+#[serde(untagged, expecting = "a port number or a port name")]
+pub enum RawPort {
+    /// Number.
+    Number(u16),
+    /// Name.
+    Name(String),
 }
 
 /// One static endpoint: `host:port`, or an object with a weight.

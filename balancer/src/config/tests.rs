@@ -122,15 +122,18 @@ fn example_file_is_valid_and_means_what_it_says() {
         vec![
             EndpointSpec {
                 address: "127.0.0.1:9001".into(),
-                weight: DEFAULT_WEIGHT
+                weight: DEFAULT_WEIGHT,
+                draining: false,
             },
             EndpointSpec {
                 address: "127.0.0.1:9002".into(),
-                weight: DEFAULT_WEIGHT
+                weight: DEFAULT_WEIGHT,
+                draining: false,
             },
             EndpointSpec {
                 address: "127.0.0.1:9003".into(),
-                weight: 200
+                weight: 200,
+                draining: false,
             },
         ]
     );
@@ -563,21 +566,13 @@ fn rejects_a_pool_without_endpoints() {
         ..Doc::default()
     }
     .text();
-    rejects(
-        &text,
-        "pools.web.endpoints.static",
-        "the pool has no endpoints",
-    );
+    rejects(&text, "pools.web.endpoints", "the pool has no endpoints");
     let text = Doc {
         pools: "pools:\n  web:\n    endpoints: {}\n".into(),
         ..Doc::default()
     }
     .text();
-    rejects(
-        &text,
-        "pools.web.endpoints.static",
-        "the pool has no endpoints",
-    );
+    rejects(&text, "pools.web.endpoints", "the pool has no endpoints");
 }
 
 #[test]

@@ -6,13 +6,16 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::raw::{
-    RawCertificate, RawConfig, RawEndpoint, RawHealthCheck, RawLimits, RawListener,
-    RawOutlierDetection, RawPool, RawRetries, RawSize, RawStatus, RawTimeouts,
+    RawCache, RawCertificate, RawConfig, RawEndpoint, RawEndpoints, RawHealthCheck, RawLimits,
+    RawListener, RawOutlierDetection, RawPool, RawPort, RawRateLimit, RawRetries, RawSize,
+    RawSlowStart, RawStatus, RawSticky, RawTimeouts,
 };
 use super::units::{parse_duration, parse_size};
 use super::{
-    Admin, Balance, Certificate, Config, DEFAULT_WEIGHT, EndpointSpec, FieldError, HealthCheck,
-    HostMatch, Limits, Listener, OutlierDetection, Pool, Retries, Route, Shutdown, Timeouts, Tls,
+    Admin, Balance, CacheSettings, Certificate, Config, DEFAULT_WEIGHT, Discovery, DnsSource,
+    EndpointSpec, FieldError, FileSource, HealthCheck, HostMatch, KubernetesPort, KubernetesSource,
+    Limits, Listener, OutlierDetection, Pool, QueueSettings, RateLimit, Retries, Route, Shutdown,
+    Sticky, Timeouts, Tls,
 };
 
 type Result<T> = std::result::Result<T, FieldError>;
@@ -111,7 +114,7 @@ pub(super) fn config(raw: RawConfig, base: &Path, source: &Path) -> Result<Confi
                 format!("pool name `{name}` may use only letters, digits, `-` and `_`"),
             ));
         }
-        let pool = pool(name.clone(), p, &at)?;
+        let pool = pool(name.clone(), p, &at, base)?;
         pools.insert(name, pool);
     }
 
@@ -151,8 +154,55 @@ pub(super) fn config(raw: RawConfig, base: &Path, source: &Path) -> Result<Confi
             host,
             path_prefix,
             pool: r.pool,
+            rate_limit: r
+                .rate_limit
+                .map(|l| rate_limit(l, &format!("{at}.rateLimit")))
+                .transpose()?,
+            cache: r
+                .cache
+                .map(|c| cache(c, &format!("{at}.cache")))
+                .transpose()?,
         });
     }
+
+    for (name, pool) in &pools {
+        let Some(backup) = &pool.backup_pool else {
+            continue;
+        };
+        let at = format!("pools.{name}.backupPool");
+        match pools.get(backup) {
+            None => {
+                return Err(FieldError::new(at, format!("no pool named `{backup}`")));
+            }
+            Some(_) if backup == name => {
+                return Err(FieldError::new(at, "a pool cannot be its own backup"));
+            }
+            Some(b) if b.backup_pool.is_some() => {
+                return Err(FieldError::new(
+                    at,
+                    format!("`{backup}` has a backup pool of its own; backups do not chain"),
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+
+    let trusted_proxies = raw
+        .trusted_proxies
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let text = t.trim();
+            text.parse::<ipnet::IpNet>()
+                .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    FieldError::new(
+                        format!("trustedProxies[{i}]"),
+                        format!("`{t}` is not an address or CIDR network; write it like `10.0.0.0/8` or `192.0.2.10`"),
+                    )
+                })
+        })
+        .collect::<Result<Vec<_>>>()?;
 
     Ok(Config {
         source: source.to_path_buf(),
@@ -161,6 +211,7 @@ pub(super) fn config(raw: RawConfig, base: &Path, source: &Path) -> Result<Confi
         shutdown,
         routes,
         pools,
+        trusted_proxies,
     })
 }
 
@@ -255,7 +306,7 @@ fn limits(raw: RawLimits, at: &str) -> Result<Limits> {
     })
 }
 
-fn pool(name: String, p: RawPool, at: &str) -> Result<Pool> {
+fn pool(name: String, p: RawPool, at: &str, base: &Path) -> Result<Pool> {
     let balance = match p.balance.as_deref() {
         None | Some("leastConnections") => Balance::LeastConnections,
         Some("powerOfTwoChoices") => Balance::PowerOfTwoChoices,
@@ -268,10 +319,11 @@ fn pool(name: String, p: RawPool, at: &str) -> Result<Pool> {
             ));
         }
     };
-    if p.endpoints.static_list.is_empty() {
+    let discovery = discovery(&p.endpoints, &format!("{at}.endpoints"), base)?;
+    if p.endpoints.static_list.is_empty() && discovery == Discovery::default() {
         return Err(FieldError::new(
-            format!("{at}.endpoints.static"),
-            "the pool has no endpoints; list at least one `host:port`",
+            format!("{at}.endpoints"),
+            "the pool has no endpoints; list at least one `host:port` under `static`, or name a `file`, `dns` or `kubernetes` source",
         ));
     }
     let mut seen = HashSet::new();
@@ -301,6 +353,298 @@ fn pool(name: String, p: RawPool, at: &str) -> Result<Pool> {
         outlier_detection: outlier(p.outlier_detection, &format!("{at}.outlierDetection"))?,
         retries: retries(p.retries, &format!("{at}.retries"))?,
         timeouts: timeouts(p.timeouts, &format!("{at}.timeouts"))?,
+        discovery,
+        sticky: p
+            .sticky_sessions
+            .map(|s| sticky(s, &format!("{at}.stickySessions"), base))
+            .transpose()?,
+        slow_start: p
+            .slow_start
+            .map(|s| slow_start(s, &format!("{at}.slowStart")))
+            .transpose()?,
+        max_in_flight_per_endpoint: match p.max_in_flight_per_endpoint {
+            Some(0) => {
+                return Err(FieldError::new(
+                    format!("{at}.maxInFlightPerEndpoint"),
+                    "must be at least 1",
+                ));
+            }
+            other => other,
+        },
+        queue: match p.queue {
+            None => None,
+            Some(q) => {
+                if p.max_in_flight_per_endpoint.is_none() {
+                    return Err(FieldError::new(
+                        format!("{at}.queue"),
+                        "a queue needs `maxInFlightPerEndpoint`: requests queue when every endpoint is at that limit",
+                    ));
+                }
+                if q.max_length == 0 || q.max_length > 1_000_000 {
+                    return Err(FieldError::new(
+                        format!("{at}.queue.maxLength"),
+                        "use 1 to 1000000",
+                    ));
+                }
+                Some(QueueSettings {
+                    max_length: q.max_length as usize,
+                    timeout: duration_or(
+                        q.timeout,
+                        &format!("{at}.queue.timeout"),
+                        Duration::from_secs(10),
+                    )?,
+                })
+            }
+        },
+        backup_pool: p.backup_pool,
+        drain_timeout: duration_or_zero(
+            p.drain_timeout,
+            &format!("{at}.drainTimeout"),
+            Duration::from_secs(30),
+        )?,
+    })
+}
+
+fn discovery(raw: &RawEndpoints, at: &str, base: &Path) -> Result<Discovery> {
+    let file = raw
+        .file
+        .as_ref()
+        .map(|f| {
+            if f.path.trim().is_empty() {
+                return Err(FieldError::new(
+                    format!("{at}.file.path"),
+                    "the path is empty",
+                ));
+            }
+            Ok(FileSource {
+                path: base.join(&f.path),
+                interval: duration_or(
+                    f.interval.clone(),
+                    &format!("{at}.file.interval"),
+                    Duration::from_secs(1),
+                )?,
+            })
+        })
+        .transpose()?;
+    let dns = raw
+        .dns
+        .as_ref()
+        .map(|d| {
+            if d.name.trim().is_empty() || d.name.contains(':') || d.name.contains('/') {
+                return Err(FieldError::new(
+                    format!("{at}.dns.name"),
+                    format!(
+                        "`{}` is not a DNS name; write it like `moodle.lms.svc.cluster.local`",
+                        d.name
+                    ),
+                ));
+            }
+            if d.port == 0 {
+                return Err(FieldError::new(
+                    format!("{at}.dns.port"),
+                    "must be 1 to 65535",
+                ));
+            }
+            let nameservers = d
+                .nameservers
+                .iter()
+                .enumerate()
+                .map(|(i, n)| socket_addr(n, &format!("{at}.dns.nameservers[{i}]")))
+                .collect::<Result<Vec<_>>>()?;
+            Ok(DnsSource {
+                name: d.name.trim().to_string(),
+                port: d.port,
+                interval: duration_or(
+                    d.interval.clone(),
+                    &format!("{at}.dns.interval"),
+                    Duration::from_secs(5),
+                )?,
+                nameservers,
+            })
+        })
+        .transpose()?;
+    let kubernetes = raw
+        .kubernetes
+        .as_ref()
+        .map(|k| {
+            let dns_label = |v: &str| {
+                !v.is_empty()
+                    && v.len() <= 63
+                    && v.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            };
+            if !dns_label(&k.service) {
+                return Err(FieldError::new(
+                    format!("{at}.kubernetes.service"),
+                    format!("`{}` is not a Service name (lower-case letters, digits and `-`)", k.service),
+                ));
+            }
+            let namespace = k.namespace.clone().unwrap_or_else(|| "default".to_string());
+            if !dns_label(&namespace) {
+                return Err(FieldError::new(
+                    format!("{at}.kubernetes.namespace"),
+                    format!("`{namespace}` is not a namespace name"),
+                ));
+            }
+            let port = match &k.port {
+                RawPort::Number(0) => {
+                    return Err(FieldError::new(format!("{at}.kubernetes.port"), "must be 1 to 65535 or a port name"));
+                }
+                RawPort::Number(n) => KubernetesPort::Number(*n),
+                RawPort::Name(n) if dns_label(n) => KubernetesPort::Name(n.clone()),
+                RawPort::Name(n) => {
+                    return Err(FieldError::new(
+                        format!("{at}.kubernetes.port"),
+                        format!("`{n}` is not a port name; give the pod port number or the Service port's name"),
+                    ));
+                }
+            };
+            Ok(KubernetesSource { service: k.service.clone(), namespace, port })
+        })
+        .transpose()?;
+    Ok(Discovery {
+        file,
+        dns,
+        kubernetes,
+    })
+}
+
+fn cookie_name(name: &str, at: &str) -> Result<String> {
+    // RFC 6265 token characters.
+    let ok = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c));
+    if ok {
+        Ok(name.to_string())
+    } else {
+        Err(FieldError::new(
+            at,
+            format!("`{name}` is not a cookie name; use letters, digits, `-` and `_`"),
+        ))
+    }
+}
+
+fn sticky(raw: RawSticky, at: &str, base: &Path) -> Result<Sticky> {
+    let cookie = cookie_name(
+        raw.cookie.as_deref().unwrap_or("usher_affinity"),
+        &format!("{at}.cookie"),
+    )?;
+    let application_cookie = raw
+        .application_cookie
+        .as_deref()
+        .map(|c| cookie_name(c, &format!("{at}.applicationCookie")))
+        .transpose()?;
+    if application_cookie.is_some() && (raw.cookie.is_some() || raw.ttl.is_some()) {
+        return Err(FieldError::new(
+            format!("{at}.applicationCookie"),
+            "with `applicationCookie` the balancer sets no cookie of its own; remove `cookie` and `ttl`",
+        ));
+    }
+    let secret = match (raw.secret, raw.secret_file) {
+        (Some(_), Some(_)) => {
+            return Err(FieldError::new(
+                format!("{at}.secretFile"),
+                "give `secret` or `secretFile`, not both",
+            ));
+        }
+        (Some(s), None) => Some(s),
+        (None, Some(f)) => {
+            let path = base.join(&f);
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                FieldError::new(
+                    format!("{at}.secretFile"),
+                    format!("cannot read `{}`: {e}", path.display()),
+                )
+            })?;
+            Some(text.trim().to_string())
+        }
+        (None, None) => None,
+    };
+    if secret.as_deref().is_some_and(|s| s.len() < 16) {
+        return Err(FieldError::new(
+            format!("{at}.secret"),
+            "the secret is shorter than 16 characters; use a long random string",
+        ));
+    }
+    Ok(Sticky {
+        cookie,
+        ttl: duration_or(raw.ttl, &format!("{at}.ttl"), Duration::from_secs(8 * 3600))?,
+        application_cookie,
+        secret,
+    })
+}
+
+fn slow_start(raw: RawSlowStart, at: &str) -> Result<crate::balance::slow_start::SlowStart> {
+    let window = duration_or(Some(raw.window), &format!("{at}.window"), Duration::ZERO)?;
+    let aggression = raw.aggression.unwrap_or(1.0);
+    if !(aggression.is_finite() && aggression > 0.0) {
+        return Err(FieldError::new(
+            format!("{at}.aggression"),
+            "must be a number above 0 (1.0 is linear)",
+        ));
+    }
+    let min = raw.min_weight_percent.unwrap_or(10.0);
+    if !(0.0..=100.0).contains(&min) {
+        return Err(FieldError::new(
+            format!("{at}.minWeightPercent"),
+            "must be 0 to 100",
+        ));
+    }
+    Ok(crate::balance::slow_start::SlowStart {
+        window,
+        aggression,
+        min_weight_fraction: min / 100.0,
+    })
+}
+
+fn rate_limit(raw: RawRateLimit, at: &str) -> Result<RateLimit> {
+    let rps = raw.requests_per_second;
+    if !(rps.is_finite() && rps > 0.0) {
+        return Err(FieldError::new(
+            format!("{at}.requestsPerSecond"),
+            "must be above 0",
+        ));
+    }
+    let burst = raw.burst.unwrap_or(rps.max(1.0));
+    if !(burst.is_finite() && burst >= 1.0) {
+        return Err(FieldError::new(format!("{at}.burst"), "must be at least 1"));
+    }
+    Ok(RateLimit {
+        requests_per_second: rps,
+        burst,
+    })
+}
+
+fn cache(raw: RawCache, at: &str) -> Result<CacheSettings> {
+    let ttl = duration_or(Some(raw.ttl), &format!("{at}.ttl"), Duration::ZERO)?;
+    let max_entries = raw.max_entries.unwrap_or(10_000);
+    if max_entries == 0 {
+        return Err(FieldError::new(
+            format!("{at}.maxEntries"),
+            "must be at least 1",
+        ));
+    }
+    let session_cookies = match raw.session_cookies {
+        None => [
+            "MoodleSession",
+            "_normandy_session",
+            "_legacy_normandy_session",
+            "sessionid",
+            "edxloggedin",
+        ]
+        .map(String::from)
+        .to_vec(),
+        Some(list) => list
+            .iter()
+            .enumerate()
+            .map(|(i, c)| cookie_name(c, &format!("{at}.sessionCookies[{i}]")))
+            .collect::<Result<_>>()?,
+    };
+    Ok(CacheSettings {
+        ttl,
+        max_entries,
+        max_body_bytes: size_or(raw.max_body_bytes, &format!("{at}.maxBodyBytes"), 1 << 20)?,
+        session_cookies,
     })
 }
 
@@ -320,7 +664,11 @@ fn endpoint(e: RawEndpoint, at: &str) -> Result<EndpointSpec> {
             format!("weight {weight} is out of range; use 1 to 1000 (default {DEFAULT_WEIGHT})"),
         ));
     }
-    Ok(EndpointSpec { address, weight })
+    Ok(EndpointSpec {
+        address,
+        weight,
+        draining: false,
+    })
 }
 
 fn health_check(h: RawHealthCheck, at: &str) -> Result<HealthCheck> {
@@ -472,7 +820,7 @@ fn socket_addr(text: &str, at: &str) -> Result<SocketAddr> {
     })
 }
 
-fn host_port(text: &str, at: &str) -> Result<()> {
+pub(super) fn host_port(text: &str, at: &str) -> Result<()> {
     let bad = || {
         FieldError::new(
             at,

@@ -100,19 +100,18 @@ impl OutlierState {
     /// Clears the back-off multiplier once an endpoint has stayed in for
     /// `max_ejection_time` since its last ejection ended.
     fn expire(&mut self, now: Instant, settings: &OutlierDetection) {
-        if let Some(until) = self.ejected_until {
-            if now >= until {
-                self.ejected_until = None;
-                self.last_ejection_end = Some(until);
-            }
+        if let Some(until) = self.ejected_until
+            && now >= until
+        {
+            self.ejected_until = None;
+            self.last_ejection_end = Some(until);
         }
-        if let Some(end) = self.last_ejection_end {
-            if now.saturating_duration_since(end)
+        if let Some(end) = self.last_ejection_end
+            && now.saturating_duration_since(end)
                 >= settings.max_ejection_time.max(Duration::from_secs(1))
-            {
-                self.ejections = 0;
-                self.last_ejection_end = None;
-            }
+        {
+            self.ejections = 0;
+            self.last_ejection_end = None;
         }
     }
 }

@@ -1,5 +1,7 @@
 //! The request path: route, pick an endpoint, forward, retry when safe.
 
+pub mod admission;
+pub mod affinity;
 pub mod body;
 pub mod headers;
 pub mod upgrade;
@@ -18,7 +20,8 @@ use hyper::body::Incoming;
 
 use self::body::{Guarded, boxed, empty, local};
 use self::upstream::ProxyBody;
-use crate::snapshot::PoolRuntime;
+use crate::endpoint::EndpointState;
+use crate::snapshot::{CacheResult, PoolRuntime, Snapshot};
 use crate::state::Shared;
 
 /// What the proxy knows about a client connection.
@@ -46,8 +49,9 @@ pub async fn handle(
             StatusCode::NOT_FOUND,
             "usher: no route matches this host and path",
         ),
-        Some(pool) => {
-            let resp = forward(&shared, &conn, pool, req, host.as_deref()).await;
+        Some((route, pool)) => {
+            let resp =
+                serve_route(&shared, &conn, &snapshot, route, pool, req, host.as_deref()).await;
             pool.live.count_response(resp.status().as_u16());
             resp
         }
@@ -56,6 +60,84 @@ pub async fn handle(
         .entry(&headers::X_REQUEST_ID)
         .or_insert(request_id);
     Ok(resp)
+}
+
+/// Applies the route's rate limit, failover and micro-cache, then forwards.
+async fn serve_route(
+    shared: &Shared,
+    conn: &ConnInfo,
+    snapshot: &Snapshot,
+    route: usize,
+    pool: &Arc<PoolRuntime>,
+    req: Request<Incoming>,
+    host: Option<&str>,
+) -> Response<ProxyBody> {
+    let live = &snapshot.route_live[route];
+    let now = Instant::now();
+    if let Some(limiter) = &live.limiter {
+        let forwarded = req
+            .headers()
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok());
+        let client = crate::ratelimit::client_ip(
+            conn.peer.ip(),
+            forwarded,
+            &snapshot.config.trusted_proxies,
+        );
+        if let Err(wait) = limiter.check(client, now) {
+            pool.live.metrics.rate_limited.inc();
+            let mut resp = local(
+                StatusCode::TOO_MANY_REQUESTS,
+                "usher: too many requests; slow down",
+            );
+            let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            return resp;
+        }
+    }
+    let target = failover(snapshot, pool, now);
+    match &live.cache {
+        Some(cache)
+            if crate::cache::policy::request_cacheable(
+                req.method(),
+                req.headers(),
+                cache.session_cookies(),
+            ) =>
+        {
+            let url = format!(
+                "{}{}",
+                host.unwrap_or_default(),
+                req.uri().path_and_query().map_or("/", |p| p.as_str())
+            );
+            let headers = req.headers().clone();
+            let (resp, result) = cache
+                .serve(url, &headers, || forward(shared, conn, target, req, host))
+                .await;
+            pool.live.metrics.cache[result as usize].inc();
+            resp
+        }
+        Some(_) => {
+            pool.live.metrics.cache[CacheResult::Bypass as usize].inc();
+            forward(shared, conn, target, req, host).await
+        }
+        None => forward(shared, conn, target, req, host).await,
+    }
+}
+
+/// The pool to use: the route's, or its backup while the route's pool has
+/// no endpoint taking new requests.
+fn failover<'a>(
+    snapshot: &'a Snapshot,
+    pool: &'a Arc<PoolRuntime>,
+    now: Instant,
+) -> &'a Arc<PoolRuntime> {
+    let Some(backup) = pool.backup.map(|i| &snapshot.pools[i]) else {
+        return pool;
+    };
+    let primary_up = pool.has_available(now);
+    pool.live.set_on_backup(!primary_up, &backup.settings.name);
+    if primary_up { pool } else { backup }
 }
 
 /// Methods that may be retried when no response byte arrived.
@@ -102,26 +184,41 @@ async fn forward(
     let upgrade = req.version() <= Version::HTTP_11 && headers::is_upgrade(req.headers());
     let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let retriable = !upgrade && is_idempotent(req.method()) && req.body().is_end_stream();
+    let affinity = affinity::resolve(pool, req.headers(), Instant::now());
 
     let (mut parts, body) = req.into_parts();
     let upgrade_value = parts.headers.get(header::UPGRADE).cloned();
-    if parts.headers.get(header::HOST).is_none() {
-        if let Some(v) = parts
+    if parts.headers.get(header::HOST).is_none()
+        && let Some(v) = parts
             .uri
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        {
-            parts.headers.insert(header::HOST, v);
-        }
+    {
+        parts.headers.insert(header::HOST, v);
     }
     headers::strip_hop_by_hop(&mut parts.headers);
     headers::add_forwarded(&mut parts.headers, conn.peer.ip(), conn.proto, host);
+
+    // The first endpoint: the pinned one (sessions outrank in-flight limits),
+    // else one admitted by least-connections and the surge queue.
+    let first = match &affinity.pinned {
+        Some(state) => state.start_request(),
+        None => match admission::admit(pool).await {
+            Ok(guard) => guard,
+            Err(resp) => return resp,
+        },
+    };
+    let secure = conn.proto == "https";
     if let (Some(on_upgrade), Some(value)) = (on_upgrade, upgrade_value) {
         parts
             .headers
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         parts.headers.insert(header::UPGRADE, value);
-        return upgrade::forward(shared, pool, parts, on_upgrade).await;
+        let mut resp = upgrade::forward(shared, pool, parts, on_upgrade, first).await;
+        if let Some(served) = resp.extensions().get::<Served>().map(|s| s.0.clone()) {
+            affinity::finish(pool, &affinity, &served, secure, resp.headers_mut());
+        }
+        return resp;
     }
     let path = parts
         .uri
@@ -136,44 +233,46 @@ async fn forward(
     } else {
         0
     };
-    let mut tried: Vec<usize> = Vec::with_capacity(attempts as usize);
+    let mut tried: Vec<Arc<EndpointState>> = Vec::with_capacity(attempts as usize);
     let mut failure: Option<Response<ProxyBody>> = None;
     let client = pool.live.client();
+    let mut next = Some(first);
 
     for attempt in 0..attempts {
-        let now = Instant::now();
-        let Some(idx) = pool.pick(now, &tried, fastrand::u64(..)) else {
-            break;
-        };
-        let retry_guard = if attempt > 0 {
-            match pool.live.budget.try_start_retry(
-                settings.retries.budget_percent,
-                settings.retries.min_concurrency,
-            ) {
-                Some(g) => {
-                    pool.members[tried[tried.len() - 1]].state.count_retry();
-                    Some(g)
-                }
-                None => {
-                    shared
-                        .metrics
-                        .retries_budget_exhausted
-                        .get_or_create(&crate::metrics::PoolLabels {
-                            pool: settings.name.clone(),
-                        })
-                        .inc();
+        let (in_flight, retry_guard) = match next.take() {
+            Some(guard) => (guard, None),
+            None => {
+                let Some(last) = tried.last() else { break };
+                let exclude: Vec<usize> = tried.iter().filter_map(|s| pool.index_of(s)).collect();
+                let Some((_, guard)) = pool.reserve(Instant::now(), &exclude) else {
                     break;
+                };
+                match pool.live.budget.try_start_retry(
+                    settings.retries.budget_percent,
+                    settings.retries.min_concurrency,
+                ) {
+                    Some(g) => {
+                        last.count_retry();
+                        (guard, Some(g))
+                    }
+                    None => {
+                        shared
+                            .metrics
+                            .retries_budget_exhausted
+                            .get_or_create(&crate::metrics::PoolLabels {
+                                pool: settings.name.clone(),
+                            })
+                            .inc();
+                        break;
+                    }
                 }
             }
-        } else {
-            None
         };
-        tried.push(idx);
-        let member = &pool.members[idx];
-        let in_flight = member.state.start_request();
+        let state = in_flight.endpoint().clone();
+        tried.push(state.clone());
         let active = pool.live.budget.start_request();
 
-        let uri = match format!("http://{}{}", member.state.address(), path).parse::<http::Uri>() {
+        let uri = match format!("http://{}{}", state.address(), path).parse::<http::Uri>() {
             Ok(u) => u,
             Err(_) => return local(StatusCode::BAD_REQUEST, "usher: invalid request target"),
         };
@@ -189,17 +288,18 @@ async fn forward(
         match outcome {
             Ok(Ok(resp)) => {
                 let status = resp.status().as_u16();
-                member.state.observe_latency(elapsed.as_secs_f64());
-                if let Some(until) = member.state.record_outcome(
+                state.observe_latency(elapsed.as_secs_f64());
+                if let Some(until) = state.record_outcome(
                     Ok(status),
                     Instant::now(),
                     &settings.outlier_detection,
                     may_eject,
                 ) {
-                    log_ejection(pool, member.state.address(), until);
+                    log_ejection(pool, state.address(), until);
                 }
                 let (mut rparts, rbody) = resp.into_parts();
                 headers::strip_hop_by_hop(&mut rparts.headers);
+                affinity::finish(pool, &affinity, &state, secure, &mut rparts.headers);
                 let body = boxed(Guarded::new(rbody, (in_flight, active, retry_guard)));
                 return Response::from_parts(rparts, body);
             }
@@ -211,17 +311,17 @@ async fn forward(
                     );
                 }
                 let connect = e.is_connect();
-                if let Some(until) = member.state.record_outcome(
+                if let Some(until) = state.record_outcome(
                     Err(connect),
                     Instant::now(),
                     &settings.outlier_detection,
                     may_eject,
                 ) {
-                    log_ejection(pool, member.state.address(), until);
+                    log_ejection(pool, state.address(), until);
                 }
                 tracing::warn!(
                     pool = %settings.name,
-                    endpoint = member.state.address(),
+                    endpoint = state.address(),
                     attempt,
                     error = %e,
                     cause = e.source().map(|s| s.to_string()).unwrap_or_default(),
@@ -233,13 +333,13 @@ async fn forward(
                 ));
             }
             Err(_) => {
-                member.state.record_outcome(
+                state.record_outcome(
                     Err(false),
                     Instant::now(),
                     &settings.outlier_detection,
                     may_eject,
                 );
-                tracing::warn!(pool = %settings.name, endpoint = member.state.address(), "upstream response timeout");
+                tracing::warn!(pool = %settings.name, endpoint = state.address(), "upstream response timeout");
                 // A timed-out request may have been processed: never retried.
                 return local(
                     StatusCode::GATEWAY_TIMEOUT,
@@ -248,19 +348,12 @@ async fn forward(
             }
         }
     }
-    failure.unwrap_or_else(|| {
-        let mut resp = local(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &format!(
-                "usher: no healthy endpoint in pool `{}`; try again shortly",
-                settings.name
-            ),
-        );
-        resp.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        resp
-    })
+    failure.unwrap_or_else(|| admission::no_healthy_endpoint(pool))
 }
+
+/// Marks an upgrade response with the endpoint that served it.
+#[derive(Debug, Clone)]
+pub struct Served(pub Arc<EndpointState>);
 
 fn log_ejection(pool: &PoolRuntime, endpoint: &str, until: Instant) {
     tracing::warn!(

@@ -13,6 +13,7 @@ use tokio::net::TcpStream;
 use super::body::{Guarded, boxed, empty, local};
 use super::headers;
 use super::upstream::ProxyBody;
+use crate::endpoint::InFlight;
 use crate::snapshot::PoolRuntime;
 use crate::state::Shared;
 
@@ -22,20 +23,11 @@ pub async fn forward(
     pool: &PoolRuntime,
     parts: Parts,
     downstream: OnUpgrade,
+    in_flight: InFlight,
 ) -> Response<ProxyBody> {
     let settings = &pool.settings;
-    let Some(idx) = pool.pick(Instant::now(), &[], fastrand::u64(..)) else {
-        return local(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &format!(
-                "usher: no healthy endpoint in pool `{}`; try again shortly",
-                settings.name
-            ),
-        );
-    };
-    let member = &pool.members[idx];
-    let in_flight = member.state.start_request();
-    let address = member.state.address().to_string();
+    let state = in_flight.endpoint().clone();
+    let address = state.address().to_string();
     let may_eject = || pool.may_eject(Instant::now());
 
     let stream = match tokio::time::timeout(settings.timeouts.connect, TcpStream::connect(&address))
@@ -47,7 +39,7 @@ pub async fn forward(
                 Ok(Err(e)) => e.to_string(),
                 _ => "connect timeout".to_string(),
             };
-            member.state.record_outcome(
+            state.record_outcome(
                 Err(true),
                 Instant::now(),
                 &settings.outlier_detection,
@@ -91,7 +83,7 @@ pub async fn forward(
     {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
-            member.state.record_outcome(
+            state.record_outcome(
                 Err(false),
                 Instant::now(),
                 &settings.outlier_detection,
@@ -104,7 +96,7 @@ pub async fn forward(
             );
         }
         Err(_) => {
-            member.state.record_outcome(
+            state.record_outcome(
                 Err(false),
                 Instant::now(),
                 &settings.outlier_detection,
@@ -117,7 +109,7 @@ pub async fn forward(
         }
     };
     let status = resp.status();
-    member.state.record_outcome(
+    state.record_outcome(
         Ok(status.as_u16()),
         Instant::now(),
         &settings.outlier_detection,
@@ -127,7 +119,9 @@ pub async fn forward(
     if status != StatusCode::SWITCHING_PROTOCOLS {
         let (mut rparts, rbody) = resp.into_parts();
         headers::strip_hop_by_hop(&mut rparts.headers);
-        return Response::from_parts(rparts, boxed(Guarded::new(rbody, in_flight)));
+        let mut resp = Response::from_parts(rparts, boxed(Guarded::new(rbody, in_flight)));
+        resp.extensions_mut().insert(super::Served(state));
+        return resp;
     }
 
     let upstream = hyper::upgrade::on(&mut resp);
@@ -146,5 +140,7 @@ pub async fn forward(
         }
     });
     let (rparts, _) = resp.into_parts();
-    Response::from_parts(rparts, empty())
+    let mut resp = Response::from_parts(rparts, empty());
+    resp.extensions_mut().insert(super::Served(state));
+    resp
 }

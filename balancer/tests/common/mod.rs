@@ -149,6 +149,7 @@ impl TestBalancer {
             yaml,
             Options {
                 watch_interval: None,
+                ..Default::default()
             },
         )
         .await

@@ -1,0 +1,231 @@
+//! The pool update path: config reloads and every discovery source end here,
+//! in one place that rebuilds and publishes the routing snapshot.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::discovery::{self, Discovered, SourceKind, Update, UpdateSender};
+use crate::health::checker::Checkers;
+use crate::snapshot::{Inputs, Snapshot};
+use crate::state::Shared;
+use crate::sticky::StickySecret;
+
+/// A running source task and the settings it was started with.
+type RunningSource = (String, JoinHandle<()>);
+
+/// Builds snapshots from the config and discovered endpoints, and runs the
+/// discovery sources.
+pub struct PoolUpdater {
+    shared: Arc<Shared>,
+    discovered: Discovered,
+    updates: UpdateSender,
+    sources: Mutex<HashMap<(String, SourceKind), RunningSource>>,
+    secrets: Mutex<HashMap<String, StickySecret>>,
+    /// Pools that have had endpoints; the first endpoints of a pool count as
+    /// present at start (no slow start, no wait for a first check).
+    seen: Mutex<HashSet<String>>,
+    /// Serializes rebuilds.
+    lock: Mutex<()>,
+    /// Checker tasks.
+    pub checkers: Checkers,
+    kube_client: Option<kube::Client>,
+}
+
+impl std::fmt::Debug for PoolUpdater {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolUpdater").finish_non_exhaustive()
+    }
+}
+
+impl PoolUpdater {
+    /// An updater for `shared`; call [`PoolUpdater::start`] next.
+    pub fn new(
+        shared: Arc<Shared>,
+        kube_client: Option<kube::Client>,
+    ) -> (Arc<Self>, mpsc::UnboundedReceiver<Update>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let updater = Arc::new(Self {
+            shared,
+            discovered: Discovered::default(),
+            updates: tx,
+            sources: Mutex::default(),
+            secrets: Mutex::default(),
+            seen: Mutex::default(),
+            lock: Mutex::new(()),
+            checkers: Checkers::default(),
+            kube_client,
+        });
+        (updater, rx)
+    }
+
+    /// Receives discovery updates until the sender side is gone.
+    pub fn listen(self: &Arc<Self>, mut rx: mpsc::UnboundedReceiver<Update>) {
+        let weak: Weak<Self> = Arc::downgrade(self);
+        tokio::spawn(async move {
+            while let Some(update) = rx.recv().await {
+                let Some(me) = weak.upgrade() else { return };
+                if me.discovered.apply(update) {
+                    let config = me.shared.snapshot.load().config.clone();
+                    me.rebuild(config, false);
+                }
+            }
+        });
+    }
+
+    /// Installs `config`: static lists, endpoint files, sources, snapshot.
+    pub fn install(self: &Arc<Self>, config: Arc<Config>, start: bool) {
+        for (name, pool) in &config.pools {
+            self.discovered.apply(Update {
+                pool: name.clone(),
+                source: SourceKind::Static,
+                endpoints: pool.endpoints.clone(),
+            });
+            if let Some(file) = &pool.discovery.file {
+                // Read now so the first snapshot of this config has them.
+                match discovery::file::read(&file.path) {
+                    Ok(endpoints) => {
+                        self.discovered.apply(Update {
+                            pool: name.clone(),
+                            source: SourceKind::File,
+                            endpoints,
+                        });
+                    }
+                    Err(e) => {
+                        tracing::warn!(pool = %name, error = %e, "endpoints file not usable yet")
+                    }
+                }
+            }
+        }
+        self.discovered.retain(|pool, kind| {
+            config.pools.get(pool).is_some_and(|p| match kind {
+                SourceKind::Static => true,
+                SourceKind::File => p.discovery.file.is_some(),
+                SourceKind::Dns => p.discovery.dns.is_some(),
+                SourceKind::Kubernetes => p.discovery.kubernetes.is_some(),
+            })
+        });
+        self.rebuild(config.clone(), start);
+        self.reconcile_sources(&config);
+    }
+
+    /// Builds and publishes a snapshot of `config` with the endpoints known now.
+    pub fn rebuild(&self, config: Arc<Config>, start: bool) {
+        let _serial = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let lists = |pool: &str| self.discovered.endpoints(pool);
+        let initial = |pool: &str| start || !seen.contains(pool);
+        let secrets = |pool: &str, configured: Option<&str>| match configured {
+            Some(s) => StickySecret::new(s.as_bytes().to_vec()),
+            None => self
+                .secrets
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(pool.to_string())
+                .or_insert_with(StickySecret::random)
+                .clone(),
+        };
+        let inputs = Inputs {
+            endpoints: &self.shared.endpoints,
+            pools: &self.shared.pools,
+            routes: &self.shared.routes,
+            endpoint_lists: &lists,
+            initial: &initial,
+            secrets: &secrets,
+        };
+        let snapshot = Snapshot::build(config, &inputs);
+        {
+            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            for p in snapshot.pools.iter().filter(|p| !p.members.is_empty()) {
+                seen.insert(p.settings.name.clone());
+            }
+        }
+        let members = snapshot.members();
+        let pools: Vec<_> = snapshot.pools.iter().map(|p| p.live.clone()).collect();
+        self.shared.snapshot.store(Arc::new(snapshot));
+        self.shared.endpoints.retain(&members, Instant::now());
+        self.checkers.reconcile(&self.shared);
+        // New capacity may have arrived: let waiting requests have it.
+        for live in pools {
+            live.slot_freed();
+        }
+    }
+
+    fn reconcile_sources(self: &Arc<Self>, config: &Config) {
+        let mut wanted: HashMap<(String, SourceKind), String> = HashMap::new();
+        for (name, pool) in &config.pools {
+            let d = &pool.discovery;
+            if let Some(f) = &d.file {
+                wanted.insert((name.clone(), SourceKind::File), format!("{f:?}"));
+            }
+            if let Some(dns) = &d.dns {
+                wanted.insert((name.clone(), SourceKind::Dns), format!("{dns:?}"));
+            }
+            if let Some(k) = &d.kubernetes {
+                wanted.insert((name.clone(), SourceKind::Kubernetes), format!("{k:?}"));
+            }
+        }
+        let mut sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
+        sources.retain(|key, (settings, task)| {
+            let keep = wanted.get(key) == Some(settings) && !task.is_finished();
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for (key, settings) in wanted {
+            if sources.contains_key(&key) {
+                continue;
+            }
+            let pool = &config.pools[&key.0];
+            let tx = self.updates.clone();
+            let name = key.0.clone();
+            let task = match key.1 {
+                SourceKind::File => {
+                    let f = pool.discovery.file.clone().expect("wanted");
+                    tokio::spawn(discovery::file::run(name, f.path, f.interval, tx))
+                }
+                SourceKind::Dns => {
+                    let d = pool.discovery.dns.clone().expect("wanted");
+                    tokio::spawn(discovery::dns::run(name, d, tx))
+                }
+                SourceKind::Kubernetes => {
+                    let k = pool.discovery.kubernetes.clone().expect("wanted");
+                    let client = self.kube_client.clone();
+                    tokio::spawn(async move {
+                        let client = match client {
+                            Some(c) => c,
+                            None => match kube::Client::try_default().await {
+                                Ok(c) => c,
+                                Err(e) => {
+                                    tracing::error!(pool = %name, error = %e, "cannot reach the Kubernetes API; EndpointSlice discovery is off");
+                                    return;
+                                }
+                            },
+                        };
+                        discovery::kubernetes::run(name, k, client, tx).await;
+                    })
+                }
+                SourceKind::Static => continue,
+            };
+            sources.insert(key, (settings, task));
+        }
+    }
+
+    /// Stops every source and checker.
+    pub fn stop(&self) {
+        for (_, (_, task)) in self
+            .sources
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+        {
+            task.abort();
+        }
+        self.checkers.stop();
+    }
+}

@@ -1,0 +1,78 @@
+//! Admission: the first endpoint for a request, through the surge queue
+//! when every endpoint is at `maxInFlightPerEndpoint`.
+
+use std::time::Instant;
+
+use http::{HeaderValue, Response, StatusCode, header};
+
+use super::body::local;
+use super::upstream::ProxyBody;
+use crate::endpoint::InFlight;
+use crate::snapshot::{PoolRuntime, Rejection};
+
+/// A 503 that tells clients to come back soon.
+pub fn unavailable(message: &str) -> Response<ProxyBody> {
+    let mut resp = local(StatusCode::SERVICE_UNAVAILABLE, message);
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    resp
+}
+
+/// The 503 for a pool without a healthy endpoint.
+pub fn no_healthy_endpoint(pool: &PoolRuntime) -> Response<ProxyBody> {
+    unavailable(&format!(
+        "usher: no healthy endpoint in pool `{}`; try again shortly",
+        pool.settings.name
+    ))
+}
+
+fn reject(pool: &PoolRuntime, why: Rejection, message: &str) -> Response<ProxyBody> {
+    pool.live.metrics.queue_rejected[why as usize].inc();
+    unavailable(&format!(
+        "usher: pool `{}` {message}; try again shortly",
+        pool.settings.name
+    ))
+}
+
+/// A reserved slot on an endpoint of `pool`, or the response to send instead.
+pub async fn admit(pool: &PoolRuntime) -> Result<InFlight, Response<ProxyBody>> {
+    let now = Instant::now();
+    let queue = &pool.live.queue;
+    // FIFO: while others wait, newcomers queue behind them.
+    if !queue.has_waiters()
+        && let Some((_, guard)) = pool.reserve(now, &[])
+    {
+        return Ok(guard);
+    }
+    if !pool.has_available(now) {
+        return Err(no_healthy_endpoint(pool));
+    }
+    let Some(settings) = &pool.settings.queue else {
+        return Err(reject(pool, Rejection::AtCapacity, "is at capacity"));
+    };
+    let Some(mut waiting) = queue.enqueue(settings.max_length) else {
+        return Err(reject(
+            pool,
+            Rejection::Full,
+            "is at capacity and its queue is full",
+        ));
+    };
+    let metrics = &pool.live.metrics;
+    metrics.queue_depth.inc();
+    // A slot may have freed between the reservation attempt and enqueueing.
+    pool.live.slot_freed();
+    let started = Instant::now();
+    let outcome = tokio::time::timeout(settings.timeout, &mut waiting.slot).await;
+    metrics.queue_depth.dec();
+    metrics.queue_wait.observe(started.elapsed().as_secs_f64());
+    drop(waiting);
+    match outcome {
+        Ok(Ok(guard)) => Ok(guard),
+        Ok(Err(_)) => Err(no_healthy_endpoint(pool)),
+        Err(_) => Err(reject(
+            pool,
+            Rejection::Timeout,
+            "is at capacity (queue timeout)",
+        )),
+    }
+}

@@ -1,0 +1,129 @@
+//! Choosing the endpoint a request is pinned to by a sticky session, and
+//! the cookie bookkeeping on the response.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::HeaderMap;
+use http::header::{self, HeaderValue};
+
+use crate::endpoint::EndpointState;
+use crate::snapshot::PoolRuntime;
+use crate::sticky::{self, find_cookie};
+
+/// What affinity decided for one request.
+#[derive(Debug, Default)]
+pub struct Affinity {
+    /// The endpoint the session is pinned to, if it may serve.
+    pub pinned: Option<Arc<EndpointState>>,
+    /// The id the client's own affinity cookie named, if any.
+    presented: Option<String>,
+    /// The application cookie's value, in `applicationCookie` mode.
+    app_value: Option<String>,
+}
+
+/// Reads the request's affinity. Draining endpoints keep their sessions
+/// until the pool's drain timeout; gone or unhealthy ones lose them.
+pub fn resolve(pool: &PoolRuntime, headers: &HeaderMap, now: Instant) -> Affinity {
+    let Some(st) = &pool.sticky else {
+        return Affinity::default();
+    };
+    match &st.settings.application_cookie {
+        None => {
+            let presented = find_cookie(headers, &st.settings.cookie).map(str::to_string);
+            let pinned = presented
+                .as_deref()
+                .and_then(|id| st.by_id.get(id))
+                .filter(|s| s.takes_sticky(now))
+                .cloned();
+            Affinity {
+                pinned,
+                presented,
+                app_value: None,
+            }
+        }
+        Some(app) => {
+            let Some(value) = find_cookie(headers, app).map(str::to_string) else {
+                return Affinity::default();
+            };
+            let learned = pool.live.learned.get(&value).and_then(|address| {
+                st.by_id
+                    .values()
+                    .find(|s| s.address() == address)
+                    .filter(|s| s.takes_sticky(now))
+                    .cloned()
+            });
+            let pinned = learned.or_else(|| {
+                // Unknown here (perhaps learned by another balancer replica):
+                // rendezvous hashing gives every replica the same answer.
+                let available: Vec<&Arc<EndpointState>> = pool
+                    .members
+                    .iter()
+                    .map(|m| &m.state)
+                    .filter(|s| s.is_available(now))
+                    .collect();
+                let chosen = sticky::rendezvous(&value, available.iter().map(|s| s.address()))?;
+                pool.live
+                    .learned
+                    .insert(value.clone(), available[chosen].address().to_string());
+                Some(available[chosen].clone())
+            });
+            Affinity {
+                pinned,
+                presented: None,
+                app_value: Some(value),
+            }
+        }
+    }
+}
+
+/// Updates the response after `served` answered: sets our cookie when the
+/// client's is missing or names another endpoint, or learns the application
+/// cookie the response sets.
+pub fn finish(
+    pool: &PoolRuntime,
+    affinity: &Affinity,
+    served: &EndpointState,
+    secure: bool,
+    resp: &mut HeaderMap,
+) {
+    let Some(st) = &pool.sticky else { return };
+    match &st.settings.application_cookie {
+        None => {
+            let id = st.secret.endpoint_id(&pool.settings.name, served.address());
+            if affinity.presented.as_deref() != Some(id.as_str()) {
+                resp.append(
+                    header::SET_COOKIE,
+                    sticky::set_cookie(&st.settings.cookie, &id, st.settings.ttl.as_secs(), secure),
+                );
+            }
+        }
+        Some(app) => {
+            let prefix = format!("{app}=");
+            for v in resp
+                .get_all(header::SET_COOKIE)
+                .iter()
+                .filter_map(|v: &HeaderValue| v.to_str().ok())
+            {
+                if let Some(rest) = v.trim_start().strip_prefix(&prefix) {
+                    let value = rest
+                        .split(';')
+                        .next()
+                        .unwrap_or_default()
+                        .trim()
+                        .trim_matches('"');
+                    if !value.is_empty() && value != "deleted" {
+                        pool.live
+                            .learned
+                            .insert(value.to_string(), served.address().to_string());
+                    }
+                }
+            }
+            if let Some(value) = &affinity.app_value {
+                pool.live
+                    .learned
+                    .insert(value.clone(), served.address().to_string());
+            }
+        }
+    }
+}

@@ -19,6 +19,9 @@ for port in 9001 9002 9003; do
   "$bin/example-backend" --listen "127.0.0.1:$port" --name "pod-$port" --delay 5ms &
   pids+=($!)
 done
+# The backup pool: answers only while every moodle pod is down.
+"$bin/example-backend" --listen 127.0.0.1:9009 --name maintenance-page &
+pids+=($!)
 "$bin/usher-balancer" check -c examples/balancer.yaml
 "$bin/usher-balancer" run -c examples/balancer.yaml --log-format text &
 pids+=($!)
@@ -29,7 +32,7 @@ for _ in $(seq 1 50); do
 done
 
 echo
-echo "== 300 requests through http://127.0.0.1:8080/ (pod-9003 has twice the weight)"
+echo "== 300 requests through http://127.0.0.1:8080/ (pod-9003 has twice the weight; no cookie jar, so no stickiness)"
 for _ in $(seq 1 300); do curl -fsS http://127.0.0.1:8080/course/view.php; done | sort | uniq -c
 echo
 echo "== per-endpoint counters from http://127.0.0.1:9901/metrics"

@@ -178,8 +178,12 @@ pub fn status_json(shared: &Shared) -> serde_json::Value {
                     })
                 })
                 .collect();
+            let live = snapshot.pool(&pool.name).map(|p| &p.live);
             json!({
                 "name": pool.name,
+                "queued": live.map(|l| l.queue.depth()),
+                "usingBackup": live.map(|l| l.is_on_backup()),
+                "backupPool": pool.backup_pool,
                 "balance": format!("{:?}", pool.balance),
                 "healthCheck": pool.health_check.as_ref().map(|h| h.path.clone()),
                 "endpoints": endpoints,

@@ -238,6 +238,11 @@ impl PoolLive {
             .dispatch(|| pool.reserve(now, &[]).map(|(_, guard)| guard));
     }
 
+    /// Whether traffic currently goes to the backup pool.
+    pub fn is_on_backup(&self) -> bool {
+        self.on_backup.load(Ordering::Relaxed)
+    }
+
     /// Records whether the backup pool is in use; logs and counts changes.
     pub fn set_on_backup(&self, on: bool, backup: &str) {
         if self.on_backup.swap(on, Ordering::Relaxed) == on {

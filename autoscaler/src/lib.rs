@@ -1,4 +1,8 @@
 //! Usher's autoscaler: scales LMS Deployments from the balancer's metrics.
 //!
-//! This crate is a placeholder until the autoscaler lands (see the project's
-//! issue tracker); the balancer already exports the metrics it will read.
+//! The decision is a pure function ([`decide::decide`]) of a validated
+//! [`policy::Policy`], the observations so far and the time; the controller,
+//! the local-process scaler and the simulator all call the same function.
+
+pub mod decide;
+pub mod policy;

@@ -1,0 +1,72 @@
+//! Time-windowed samples: averages over the last N seconds.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+/// Samples `(time in ms, value)`, oldest first.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Samples {
+    items: VecDeque<(i64, f64)>,
+}
+
+impl Samples {
+    /// Adds a sample and drops those older than `keep` before `now_ms`.
+    pub fn push(&mut self, now_ms: i64, value: f64, keep: Duration) {
+        self.items.push_back((now_ms, value));
+        let horizon = now_ms - keep.as_millis() as i64;
+        while self.items.front().is_some_and(|(t, _)| *t <= horizon) {
+            self.items.pop_front();
+        }
+    }
+
+    /// Average of the samples in `(now_ms - window, now_ms]`, if any.
+    pub fn average(&self, now_ms: i64, window: Duration) -> Option<f64> {
+        let from = now_ms - window.as_millis() as i64;
+        let (sum, n) = self
+            .items
+            .iter()
+            .rev()
+            .take_while(|(t, _)| *t > from)
+            .fold((0.0, 0usize), |(s, n), (_, v)| (s + v, n + 1));
+        (n > 0).then(|| sum / n as f64)
+    }
+
+    /// How far back the samples reach from `now_ms`.
+    pub fn span(&self, now_ms: i64) -> Duration {
+        self.items
+            .front()
+            .map(|(t, _)| Duration::from_millis((now_ms - t).max(0) as u64))
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn averages_over_the_window_only() {
+        let mut s = Samples::default();
+        let keep = Duration::from_secs(60);
+        for i in 0..10 {
+            s.push(i * 1000, i as f64, keep);
+        }
+        assert_eq!(
+            s.average(9000, Duration::from_secs(3)),
+            Some((7.0 + 8.0 + 9.0) / 3.0)
+        );
+        assert_eq!(s.average(9000, Duration::from_secs(60)), Some(4.5));
+        assert_eq!(s.average(30_000, Duration::from_secs(3)), None);
+        assert_eq!(s.span(9000), Duration::from_secs(9));
+    }
+
+    #[test]
+    fn old_samples_are_dropped() {
+        let mut s = Samples::default();
+        let keep = Duration::from_secs(5);
+        for i in 0..20 {
+            s.push(i * 1000, 1.0, keep);
+        }
+        assert_eq!(s.span(19_000), Duration::from_secs(4));
+    }
+}

@@ -1,0 +1,341 @@
+//! Checks a [`RawPolicyDocument`] and converts it into a [`Policy`].
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use super::raw::{RawBehavior, RawPolicyDocument, RawRules, RawSchedule, RawSurge, RawTarget};
+use super::{
+    Behavior, Policy, PolicyError, RateKind, RatePolicy, Rules, Schedule, Select, Surge, Target,
+    TargetRef,
+};
+
+type Result<T> = std::result::Result<T, PolicyError>;
+
+/// Validates a parsed document.
+pub fn validate(doc: RawPolicyDocument) -> Result<Policy> {
+    if doc.api_version != "usher.dev/v1alpha1" {
+        return Err(PolicyError::new(
+            "apiVersion",
+            format!(
+                "`{}` is not supported; use `usher.dev/v1alpha1`",
+                doc.api_version
+            ),
+        ));
+    }
+    if doc.kind != "ScalingPolicy" {
+        return Err(PolicyError::new(
+            "kind",
+            format!("`{}` is not `ScalingPolicy`", doc.kind),
+        ));
+    }
+    if !dns_name(&doc.metadata.name) {
+        return Err(PolicyError::new(
+            "metadata.name",
+            format!(
+                "`{}` is not a valid name (lower-case letters, digits, `-`, `.`)",
+                doc.metadata.name
+            ),
+        ));
+    }
+    let spec = doc.spec;
+    let target_ref = TargetRef {
+        api_version: spec
+            .scale_target_ref
+            .api_version
+            .unwrap_or_else(|| "apps/v1".to_string()),
+        kind: spec.scale_target_ref.kind,
+        name: spec.scale_target_ref.name,
+    };
+    if target_ref.kind != "Deployment" {
+        return Err(PolicyError::new(
+            "spec.scaleTargetRef.kind",
+            format!(
+                "`{}` cannot be scaled by Usher; use `Deployment`",
+                target_ref.kind
+            ),
+        ));
+    }
+    if !dns_name(&target_ref.name) {
+        return Err(PolicyError::new(
+            "spec.scaleTargetRef.name",
+            format!("`{}` is not a Deployment name", target_ref.name),
+        ));
+    }
+    if spec.pool.trim().is_empty() {
+        return Err(PolicyError::new(
+            "spec.pool",
+            "name the balancer pool whose metrics drive this policy",
+        ));
+    }
+    if spec.min_replicas == 0 {
+        return Err(PolicyError::new(
+            "spec.minReplicas",
+            "must be at least 1 (Usher never scales to zero)",
+        ));
+    }
+    if spec.min_replicas > spec.max_replicas {
+        return Err(PolicyError::new(
+            "spec.minReplicas",
+            format!(
+                "minReplicas {} is greater than maxReplicas {}; make min at most max",
+                spec.min_replicas, spec.max_replicas
+            ),
+        ));
+    }
+    let target = target(spec.target)?;
+    let surge = surge(spec.surge.unwrap_or_default())?;
+    let behavior = behavior(spec.behavior.unwrap_or_default())?;
+    let schedules = spec
+        .schedules
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| schedule(s, i, spec.max_replicas))
+        .collect::<Result<Vec<_>>>()?;
+    let tolerance = spec.tolerance.unwrap_or(0.1);
+    if !(0.0..1.0).contains(&tolerance) {
+        return Err(PolicyError::new(
+            "spec.tolerance",
+            format!("{tolerance} is out of range; use 0 to 0.99 (0.1 = 10%)"),
+        ));
+    }
+    Ok(Policy {
+        name: doc.metadata.name,
+        namespace: doc.metadata.namespace,
+        target_ref,
+        pool: spec.pool,
+        min_replicas: spec.min_replicas,
+        max_replicas: spec.max_replicas,
+        target,
+        surge,
+        behavior,
+        schedules,
+        tolerance,
+    })
+}
+
+fn dns_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+fn duration(text: &str, at: &str) -> Result<Duration> {
+    let d = humantime::parse_duration(text.trim()).map_err(|_| {
+        PolicyError::new(
+            at,
+            format!("`{text}` is not a duration; write it like `6s`, `2m` or `1h30m`"),
+        )
+    })?;
+    if d.is_zero() {
+        return Err(PolicyError::new(at, "must be longer than zero"));
+    }
+    Ok(d)
+}
+
+fn target(t: RawTarget) -> Result<Target> {
+    let given = [
+        t.in_flight_per_pod.is_some(),
+        t.requests_per_second_per_pod.is_some(),
+        t.latency.is_some(),
+    ];
+    if given.iter().filter(|g| **g).count() != 1 {
+        return Err(PolicyError::new(
+            "spec.target",
+            "give exactly one of `inFlightPerPod`, `requestsPerSecondPerPod` or `latency: {p95: ...}`",
+        ));
+    }
+    let positive = |v: f64, at: &str| {
+        if v.is_finite() && v > 0.0 {
+            Ok(v)
+        } else {
+            Err(PolicyError::new(
+                at,
+                format!("{v} must be a number above 0"),
+            ))
+        }
+    };
+    if let Some(v) = t.in_flight_per_pod {
+        return Ok(Target::InFlightPerPod(positive(
+            v,
+            "spec.target.inFlightPerPod",
+        )?));
+    }
+    if let Some(v) = t.requests_per_second_per_pod {
+        return Ok(Target::RequestsPerSecondPerPod(positive(
+            v,
+            "spec.target.requestsPerSecondPerPod",
+        )?));
+    }
+    let latency = t.latency.expect("one target is set");
+    Ok(Target::LatencyP95(duration(
+        &latency.p95,
+        "spec.target.latency.p95",
+    )?))
+}
+
+fn surge(s: RawSurge) -> Result<Surge> {
+    let d = Surge::default();
+    let stable_window = s
+        .stable_window
+        .as_deref()
+        .map(|w| duration(w, "spec.surge.stableWindow"))
+        .transpose()?
+        .unwrap_or(d.stable_window);
+    let panic_window = s
+        .panic_window
+        .as_deref()
+        .map(|w| duration(w, "spec.surge.panicWindow"))
+        .transpose()?
+        .unwrap_or(stable_window / 10);
+    if panic_window > stable_window {
+        return Err(PolicyError::new(
+            "spec.surge.panicWindow",
+            "longer than the stable window; the panic window must be the shorter one (Knative uses 10%)",
+        ));
+    }
+    let panic_threshold = s.panic_threshold.unwrap_or(d.panic_threshold);
+    if !(panic_threshold.is_finite() && panic_threshold > 1.0) {
+        return Err(PolicyError::new(
+            "spec.surge.panicThreshold",
+            format!("{panic_threshold} must be above 1.0 (2.0 = panic at twice the ready pods)"),
+        ));
+    }
+    Ok(Surge {
+        panic_window,
+        stable_window,
+        panic_threshold,
+    })
+}
+
+fn behavior(b: RawBehavior) -> Result<Behavior> {
+    let d = Behavior::default();
+    Ok(Behavior {
+        scale_up: rules(b.scale_up, d.scale_up, "spec.behavior.scaleUp")?,
+        scale_down: rules(b.scale_down, d.scale_down, "spec.behavior.scaleDown")?,
+    })
+}
+
+fn rules(raw: Option<RawRules>, default: Rules, at: &str) -> Result<Rules> {
+    let Some(raw) = raw else { return Ok(default) };
+    let stabilization = match raw.stabilization_window_seconds {
+        None => default.stabilization,
+        Some(s) if s > 3600 => {
+            return Err(PolicyError::new(
+                format!("{at}.stabilizationWindowSeconds"),
+                format!("{s} is over 3600 (one hour), the HPA's limit"),
+            ));
+        }
+        Some(s) => Duration::from_secs(u64::from(s)),
+    };
+    let select = match raw.select_policy.as_deref() {
+        None | Some("Max") => Select::Max,
+        Some("Min") => Select::Min,
+        Some("Disabled") => Select::Disabled,
+        Some(other) => {
+            return Err(PolicyError::new(
+                format!("{at}.selectPolicy"),
+                format!("`{other}` is not `Max`, `Min` or `Disabled`"),
+            ));
+        }
+    };
+    let policies = match raw.policies {
+        None => default.policies,
+        Some(list) => {
+            if list.is_empty() && select != Select::Disabled {
+                return Err(PolicyError::new(
+                    format!("{at}.policies"),
+                    "an empty list allows no change; remove it for the defaults or set `selectPolicy: Disabled`",
+                ));
+            }
+            list.into_iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    let pat = format!("{at}.policies[{i}]");
+                    let kind = match p.kind.as_str() {
+                        "Pods" => RateKind::Pods,
+                        "Percent" => RateKind::Percent,
+                        other => {
+                            return Err(PolicyError::new(
+                                format!("{pat}.type"),
+                                format!("`{other}` is not `Pods` or `Percent`"),
+                            ));
+                        }
+                    };
+                    if p.value == 0 {
+                        return Err(PolicyError::new(
+                            format!("{pat}.value"),
+                            "must be at least 1",
+                        ));
+                    }
+                    if p.period_seconds == 0 || p.period_seconds > 1800 {
+                        return Err(PolicyError::new(
+                            format!("{pat}.periodSeconds"),
+                            format!(
+                                "{} is out of range; use 1 to 1800 (the HPA's limits)",
+                                p.period_seconds
+                            ),
+                        ));
+                    }
+                    Ok(RatePolicy {
+                        kind,
+                        value: p.value,
+                        period: Duration::from_secs(u64::from(p.period_seconds)),
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?
+        }
+    };
+    Ok(Rules {
+        stabilization,
+        select,
+        policies,
+    })
+}
+
+fn schedule(s: RawSchedule, i: usize, max_replicas: u32) -> Result<Schedule> {
+    let at = format!("spec.schedules[{i}]");
+    let fields = s.cron.split_whitespace().count();
+    if fields != 5 {
+        return Err(PolicyError::new(
+            format!("{at}.cron"),
+            format!(
+                "`{}` has {fields} fields; write 5: minute hour day-of-month month day-of-week, e.g. `50 8 * * 1-5`",
+                s.cron
+            ),
+        ));
+    }
+    let cron = croner::Cron::from_str(&s.cron).map_err(|e| {
+        PolicyError::new(
+            format!("{at}.cron"),
+            format!("`{}` is not a valid cron expression: {e}", s.cron),
+        )
+    })?;
+    let zone_name = s.time_zone.unwrap_or_else(|| "UTC".to_string());
+    let time_zone: chrono_tz::Tz = zone_name.parse().map_err(|_| {
+        PolicyError::new(
+            format!("{at}.timeZone"),
+            format!("`{zone_name}` is not an IANA time zone; write it like `Europe/Berlin` or `America/New_York`"),
+        )
+    })?;
+    let duration = duration(&s.duration, &format!("{at}.duration"))?;
+    if s.min_replicas > max_replicas {
+        return Err(PolicyError::new(
+            format!("{at}.minReplicas"),
+            format!(
+                "{} is above maxReplicas {max_replicas}; raise maxReplicas or lower the floor",
+                s.min_replicas
+            ),
+        ));
+    }
+    Ok(Schedule {
+        name: s.name.unwrap_or_else(|| format!("schedule {i}")),
+        pattern: s.cron,
+        cron,
+        time_zone,
+        duration,
+        min_replicas: s.min_replicas,
+    })
+}

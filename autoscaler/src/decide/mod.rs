@@ -238,11 +238,11 @@ pub fn decide(
         reason = format!("{reason}; held: less than one stable window of data");
     }
 
-    if let Some((f, name)) = floor {
-        if desired < f {
-            desired = f;
-            reason = format!("{reason}; schedule `{name}` floor {f}");
-        }
+    if let Some((f, name)) = floor
+        && desired < f
+    {
+        desired = f;
+        reason = format!("{reason}; schedule `{name}` floor {f}");
     }
 
     let mut limited = false;

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use crate::policy::Schedule;
 
 /// The highest floor of the schedules active at `now`, with its name.
-pub fn active_floor<'a>(schedules: &'a [Schedule], now: DateTime<Utc>) -> Option<(u32, &'a str)> {
+pub fn active_floor(schedules: &[Schedule], now: DateTime<Utc>) -> Option<(u32, &str)> {
     schedules
         .iter()
         .filter(|s| is_active(s, now))

@@ -195,9 +195,8 @@ fn rejections() {
         "over 3600",
     );
     rejects(
-        &format!(
-            "apiVersion: usher.dev/v1\nkind: ScalingPolicy\nmetadata: {{name: m}}\nspec: {{}}\n"
-        ),
+        &"apiVersion: usher.dev/v1\nkind: ScalingPolicy\nmetadata: {name: m}\nspec: {}\n"
+            .to_string(),
         "spec",
         "missing field",
     );

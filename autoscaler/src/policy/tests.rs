@@ -195,8 +195,7 @@ fn rejections() {
         "over 3600",
     );
     rejects(
-        &"apiVersion: usher.dev/v1\nkind: ScalingPolicy\nmetadata: {name: m}\nspec: {}\n"
-            .to_string(),
+        "apiVersion: usher.dev/v1\nkind: ScalingPolicy\nmetadata: {name: m}\nspec: {}\n",
         "spec",
         "missing field",
     );

@@ -5,4 +5,5 @@
 //! the local-process scaler and the simulator all call the same function.
 
 pub mod decide;
+pub mod filter;
 pub mod policy;

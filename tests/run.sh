@@ -18,6 +18,8 @@ fi
 # Debian packages used by the tests and example scripts.
 missing=()
 need curl || missing+=(curl)
+# dnsmasq serves the DNS discovery test (balancer/tests/discovery.rs).
+[ -x /usr/sbin/dnsmasq ] || need dnsmasq || missing+=(dnsmasq-base)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && apt-get install -y -qq "${missing[@]}"

@@ -61,11 +61,20 @@ fn check_accepts_the_example_file_and_summarises_it() {
     assert_eq!(section("admin:"), ["admin 127.0.0.1:9901 no token"]);
     assert_eq!(
         section("routes:"),
-        ["*.example.edu/webservice/ -> moodle", "*/ -> moodle"]
+        [
+            "*.example.edu/webservice/ -> moodle (rate limit 50/s burst 100)",
+            "*/login/ -> moodle (cache 1s)",
+            "*/ -> moodle"
+        ]
     );
     assert_eq!(
         section("pools:"),
-        ["moodle 3 endpoint(s), leastConnections, checks GET /healthz every 2s"]
+        [
+            "maintenance 1 endpoint(s), leastConnections, no active checks",
+            "moodle 3 endpoint(s), leastConnections, checks GET /healthz every 2s",
+            "sticky cookie usher_affinity for 8h; slow start 30s; 64 in flight per endpoint, \
+             queue 2000 for 10s; backup pool maintenance"
+        ]
     );
 }
 

@@ -8,7 +8,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Backend, TestBalancer, client, config, endpoint_state, eventually, get, send, text};
+use common::{
+    Backend, TestBalancer, client, config, endpoint_state, eventually, get, metric, send,
+    switchable, text,
+};
 use http::{Request, header};
 use http_body_util::Full;
 
@@ -26,36 +29,6 @@ fn health_check_yaml() -> String {
         "    healthCheck:\n      path: /healthz\n      interval: {}ms\n      timeout: 100ms\n      rise: {RISE}\n      fall: {FALL}\n",
         CHECK_INTERVAL.as_millis()
     )
-}
-
-/// A backend answering `200 <name>` on every path, and `/healthz` with 503
-/// while `sick` is set.
-async fn switchable(name: &str, sick: Arc<AtomicBool>) -> Backend {
-    let name = name.to_string();
-    Backend::start(move |req| {
-        let name = name.clone();
-        let sick = sick.clone();
-        async move {
-            if req.uri().path() == "/healthz" && sick.load(Ordering::SeqCst) {
-                text(503, "sick")
-            } else {
-                text(200, name)
-            }
-        }
-    })
-    .await
-}
-
-/// The value of the sample of `family` whose labels contain every `label`
-/// (`key="value"` text), from the admin listener's `/metrics`.
-async fn metric(tb: &TestBalancer, family: &str, labels: &[String]) -> Option<f64> {
-    let (status, body) = get(&client(), &tb.admin_url("/metrics")).await.unwrap();
-    assert_eq!(status, 200, "/metrics answered {status}");
-    body.lines()
-        .filter(|l| l.starts_with(&format!("{family}{{")))
-        .find(|l| labels.iter().all(|want| l.contains(want.as_str())))
-        .and_then(|l| l.rsplit(' ').next())
-        .map(|v| v.parse().unwrap())
 }
 
 fn endpoint_label(b: &Backend) -> String {

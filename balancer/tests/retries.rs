@@ -9,7 +9,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{Backend, TestBalancer, client, config, endpoint_state, eventually, get, send, text};
+use common::{
+    Backend, TestBalancer, client, config, endpoint_state, eventually, get, metric as sample, send,
+    text,
+};
 use http::Request;
 use http_body_util::Full;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -23,17 +26,10 @@ fn lines(log: &Log, line: &str) -> usize {
     log.lock().unwrap().iter().filter(|l| *l == line).count()
 }
 
-/// The value of the sample of `family` whose labels contain every `label`
-/// (`key="value"` text), from the admin listener's `/metrics`; 0 when absent
+/// The value of `family`'s sample with every one of `labels`; 0 when absent
 /// (a labelled counter appears on first use).
 async fn metric(tb: &TestBalancer, family: &str, labels: &[String]) -> f64 {
-    let (status, body) = get(&client(), &tb.admin_url("/metrics")).await.unwrap();
-    assert_eq!(status, 200, "/metrics answered {status}");
-    body.lines()
-        .filter(|l| l.starts_with(&format!("{family}{{")))
-        .find(|l| labels.iter().all(|want| l.contains(want.as_str())))
-        .and_then(|l| l.rsplit(' ').next())
-        .map_or(0.0, |v| v.parse().unwrap())
+    sample(tb, family, labels).await.unwrap_or(0.0)
 }
 
 /// An endpoint that accepts each connection, reads one request in full,

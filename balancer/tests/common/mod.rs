@@ -274,3 +274,33 @@ pub fn config(endpoints: &[&Backend], pool_extra: &str) -> String {
         "listeners:\n  - name: public\n    bind: \"127.0.0.1:0\"\nadmin:\n  bind: \"127.0.0.1:0\"\nroutes:\n  - pool: web\npools:\n  web:\n    endpoints:\n      static:\n{list}{pool_extra}"
     )
 }
+
+/// The value of the sample of `family` whose labels include every one of
+/// `labels` (`key="value"` text), from the admin listener's `/metrics`.
+pub async fn metric<L: AsRef<str>>(tb: &TestBalancer, family: &str, labels: &[L]) -> Option<f64> {
+    let (status, body) = get(&client(), &tb.admin_url("/metrics")).await.unwrap();
+    assert_eq!(status, 200, "/metrics answered {status}");
+    let prefix = format!("{family}{{");
+    body.lines()
+        .filter(|l| l.starts_with(&prefix))
+        .find(|l| labels.iter().all(|want| l.contains(want.as_ref())))
+        .and_then(|l| l.rsplit(' ').next())
+        .map(|v| v.parse().unwrap())
+}
+
+/// A backend answering `200 <name>`, whose `/healthz` answers 503 while `sick` is set.
+pub async fn switchable(name: &str, sick: Arc<std::sync::atomic::AtomicBool>) -> Backend {
+    let name = name.to_string();
+    Backend::start(move |req| {
+        let name = name.clone();
+        let sick = sick.clone();
+        async move {
+            if req.uri().path() == "/healthz" && sick.load(Ordering::SeqCst) {
+                text(503, "sick")
+            } else {
+                text(200, name)
+            }
+        }
+    })
+    .await
+}

@@ -50,6 +50,12 @@ impl Cached {
 
 static X_CACHE: HeaderName = HeaderName::from_static("x-usher-cache");
 
+/// Sets `x-usher-cache` on a response that did not come from the cache.
+pub fn mark(mut resp: Response<ProxyBody>, result: &'static str) -> Response<ProxyBody> {
+    resp.headers_mut().insert(X_CACHE.clone(), HeaderValue::from_static(result));
+    resp
+}
+
 struct TtlExpiry;
 
 impl moka::Expiry<String, Arc<Cached>> for TtlExpiry {
@@ -164,14 +170,14 @@ impl MicroCache {
             Ok(cached) => (cached.to_response("hit"), CacheResult::Collapsed),
             Err(_) => {
                 if let Some(resp) = mine.into_inner().unwrap_or_else(|p| p.into_inner()) {
-                    return (resp, CacheResult::Miss);
+                    return (mark(resp, "miss"), CacheResult::Miss);
                 }
                 // The leader's response could not be shared: fetch our own.
                 let fetch = fetch
                     .into_inner()
                     .unwrap_or_else(|p| p.into_inner())
                     .expect("not run");
-                (fetch().await, CacheResult::Bypass)
+                (mark(fetch().await, "bypass"), CacheResult::Bypass)
             }
         }
     }

@@ -119,7 +119,7 @@ async fn serve_route(
         }
         Some(_) => {
             pool.live.metrics.cache[CacheResult::Bypass as usize].inc();
-            forward(shared, conn, target, req, host).await
+            crate::cache::mark(forward(shared, conn, target, req, host).await, "bypass")
         }
         None => forward(shared, conn, target, req, host).await,
     }

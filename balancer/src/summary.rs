@@ -47,19 +47,33 @@ pub fn render(config: &Config) -> String {
     }
     let _ = writeln!(out, "routes:");
     for r in &config.routes {
-        let host = r.host.as_ref().map_or_else(|| "*".to_string(), ToString::to_string);
+        let host = r
+            .host
+            .as_ref()
+            .map_or_else(|| "*".to_string(), ToString::to_string);
         let mut extras = Vec::new();
         if let Some(l) = &r.rate_limit {
-            extras.push(format!("rate limit {}/s burst {}", l.requests_per_second, l.burst));
+            extras.push(format!(
+                "rate limit {}/s burst {}",
+                l.requests_per_second, l.burst
+            ));
         }
         if let Some(c) = &r.cache {
             extras.push(format!("cache {}", humantime::format_duration(c.ttl)));
         }
-        let extras = if extras.is_empty() { String::new() } else { format!(" ({})", extras.join(", ")) };
+        let extras = if extras.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", extras.join(", "))
+        };
         let _ = writeln!(out, "  {host}{} -> {}{extras}", r.path_prefix, r.pool);
     }
     if !config.trusted_proxies.is_empty() {
-        let list: Vec<String> = config.trusted_proxies.iter().map(ToString::to_string).collect();
+        let list: Vec<String> = config
+            .trusted_proxies
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         let _ = writeln!(out, "trusted proxies: {}", list.join(", "));
     }
     let _ = writeln!(out, "pools:");
@@ -92,16 +106,26 @@ pub fn render(config: &Config) -> String {
             extras.push(format!("endpoints from DNS {} port {}", d.name, d.port));
         }
         if let Some(k) = &p.discovery.kubernetes {
-            extras.push(format!("endpoints from Service {}/{}", k.namespace, k.service));
+            extras.push(format!(
+                "endpoints from Service {}/{}",
+                k.namespace, k.service
+            ));
         }
         if let Some(st) = &p.sticky {
             extras.push(match &st.application_cookie {
                 Some(app) => format!("sticky on {app}"),
-                None => format!("sticky cookie {} for {}", st.cookie, humantime::format_duration(st.ttl)),
+                None => format!(
+                    "sticky cookie {} for {}",
+                    st.cookie,
+                    humantime::format_duration(st.ttl)
+                ),
             });
         }
         if let Some(ss) = &p.slow_start {
-            extras.push(format!("slow start {}", humantime::format_duration(ss.window)));
+            extras.push(format!(
+                "slow start {}",
+                humantime::format_duration(ss.window)
+            ));
         }
         if let Some(max) = p.max_in_flight_per_endpoint {
             extras.push(match &p.queue {

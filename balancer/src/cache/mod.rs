@@ -52,7 +52,8 @@ static X_CACHE: HeaderName = HeaderName::from_static("x-usher-cache");
 
 /// Sets `x-usher-cache` on a response that did not come from the cache.
 pub fn mark(mut resp: Response<ProxyBody>, result: &'static str) -> Response<ProxyBody> {
-    resp.headers_mut().insert(X_CACHE.clone(), HeaderValue::from_static(result));
+    resp.headers_mut()
+        .insert(X_CACHE.clone(), HeaderValue::from_static(result));
     resp
 }
 

@@ -115,7 +115,10 @@ fn example_file_is_valid_and_means_what_it_says() {
     assert_eq!((limit.requests_per_second, limit.burst), (50.0, 100.0));
     assert_eq!(c.routes[1].path_prefix, "/login/");
     let cache = c.routes[1].cache.as_ref().unwrap();
-    assert_eq!((cache.ttl, cache.max_entries, cache.max_body_bytes), (Duration::from_secs(1), 10_000, 1 << 20));
+    assert_eq!(
+        (cache.ttl, cache.max_entries, cache.max_body_bytes),
+        (Duration::from_secs(1), 10_000, 1 << 20)
+    );
     assert_eq!(cache.session_cookies, ["MoodleSession"]);
     assert_eq!(c.routes[2].host, None);
     assert_eq!(c.routes[2].path_prefix, "/");
@@ -957,11 +960,23 @@ fn example_file_peak_hour_settings() {
     let c = load(&path).unwrap_or_else(|e| panic!("{e}"));
     let p = &c.pools["moodle"];
     let sticky = p.sticky.as_ref().unwrap();
-    assert_eq!((sticky.cookie.as_str(), sticky.ttl), ("usher_affinity", Duration::from_secs(8 * 3600)));
-    assert_eq!((sticky.application_cookie.as_deref(), sticky.secret.as_deref()), (None, None));
+    assert_eq!(
+        (sticky.cookie.as_str(), sticky.ttl),
+        ("usher_affinity", Duration::from_secs(8 * 3600))
+    );
+    assert_eq!(
+        (
+            sticky.application_cookie.as_deref(),
+            sticky.secret.as_deref()
+        ),
+        (None, None)
+    );
     assert_eq!(p.drain_timeout, Duration::from_secs(30));
     let ss = p.slow_start.unwrap();
-    assert_eq!((ss.window, ss.aggression, ss.min_weight_fraction), (Duration::from_secs(30), 1.0, 0.1));
+    assert_eq!(
+        (ss.window, ss.aggression, ss.min_weight_fraction),
+        (Duration::from_secs(30), 1.0, 0.1)
+    );
     assert_eq!(p.max_in_flight_per_endpoint, Some(64));
     let q = p.queue.as_ref().unwrap();
     assert_eq!((q.max_length, q.timeout), (2000, Duration::from_secs(10)));
@@ -978,7 +993,10 @@ fn peak_hour_defaults() {
     .unwrap();
     let p = &c.pools["web"];
     let s = p.sticky.as_ref().unwrap();
-    assert_eq!((s.cookie.as_str(), s.ttl), ("usher_affinity", Duration::from_secs(8 * 3600)));
+    assert_eq!(
+        (s.cookie.as_str(), s.ttl),
+        ("usher_affinity", Duration::from_secs(8 * 3600))
+    );
     let ss = p.slow_start.unwrap();
     assert_eq!((ss.aggression, ss.min_weight_fraction), (1.0, 0.1));
     assert_eq!(p.queue.as_ref().unwrap().timeout, Duration::from_secs(10));
@@ -988,46 +1006,98 @@ fn peak_hour_defaults() {
 
 #[test]
 fn rejects_bad_sticky_settings() {
-    rejects(&pool("    stickySessions: {cookie: \"a b\"}\n"), "pools.web.stickySessions.cookie", "not a cookie name");
+    rejects(
+        &pool("    stickySessions: {cookie: \"a b\"}\n"),
+        "pools.web.stickySessions.cookie",
+        "not a cookie name",
+    );
     rejects(
         &pool("    stickySessions: {applicationCookie: MoodleSession, ttl: 1h}\n"),
         "pools.web.stickySessions.applicationCookie",
         "sets no cookie of its own",
     );
-    rejects(&pool("    stickySessions: {secret: short}\n"), "pools.web.stickySessions.secret", "shorter than 16");
+    rejects(
+        &pool("    stickySessions: {secret: short}\n"),
+        "pools.web.stickySessions.secret",
+        "shorter than 16",
+    );
     rejects(
         &pool("    stickySessions: {secret: aaaaaaaaaaaaaaaaaaaa, secretFile: s}\n"),
         "pools.web.stickySessions.secretFile",
         "not both",
     );
-    rejects(&pool("    stickySessions: {secretFile: missing.txt}\n"), "pools.web.stickySessions.secretFile", "cannot read");
-    rejects(&pool("    stickySessions: {ttl: forever}\n"), "pools.web.stickySessions.ttl", "not a duration");
+    rejects(
+        &pool("    stickySessions: {secretFile: missing.txt}\n"),
+        "pools.web.stickySessions.secretFile",
+        "cannot read",
+    );
+    rejects(
+        &pool("    stickySessions: {ttl: forever}\n"),
+        "pools.web.stickySessions.ttl",
+        "not a duration",
+    );
 }
 
 #[test]
 fn rejects_bad_slow_start() {
-    rejects(&pool("    slowStart: {window: 0s}\n"), "pools.web.slowStart.window", "longer than zero");
-    rejects(&pool("    slowStart: {window: 5s, aggression: 0}\n"), "pools.web.slowStart.aggression", "above 0");
-    rejects(&pool("    slowStart: {window: 5s, minWeightPercent: 120}\n"), "pools.web.slowStart.minWeightPercent", "0 to 100");
+    rejects(
+        &pool("    slowStart: {window: 0s}\n"),
+        "pools.web.slowStart.window",
+        "longer than zero",
+    );
+    rejects(
+        &pool("    slowStart: {window: 5s, aggression: 0}\n"),
+        "pools.web.slowStart.aggression",
+        "above 0",
+    );
+    rejects(
+        &pool("    slowStart: {window: 5s, minWeightPercent: 120}\n"),
+        "pools.web.slowStart.minWeightPercent",
+        "0 to 100",
+    );
 }
 
 #[test]
 fn rejects_bad_admission_settings() {
-    rejects(&pool("    maxInFlightPerEndpoint: 0\n"), "pools.web.maxInFlightPerEndpoint", "at least 1");
-    rejects(&pool("    queue: {maxLength: 10}\n"), "pools.web.queue", "needs `maxInFlightPerEndpoint`");
-    rejects(&pool("    maxInFlightPerEndpoint: 4\n    queue: {maxLength: 0}\n"), "pools.web.queue.maxLength", "1 to 1000000");
+    rejects(
+        &pool("    maxInFlightPerEndpoint: 0\n"),
+        "pools.web.maxInFlightPerEndpoint",
+        "at least 1",
+    );
+    rejects(
+        &pool("    queue: {maxLength: 10}\n"),
+        "pools.web.queue",
+        "needs `maxInFlightPerEndpoint`",
+    );
+    rejects(
+        &pool("    maxInFlightPerEndpoint: 4\n    queue: {maxLength: 0}\n"),
+        "pools.web.queue.maxLength",
+        "1 to 1000000",
+    );
     rejects(
         &pool("    maxInFlightPerEndpoint: 4\n    queue: {maxLength: 5, timeout: 0s}\n"),
         "pools.web.queue.timeout",
         "longer than zero",
     );
-    rejects(&pool("    drainTimeout: later\n"), "pools.web.drainTimeout", "not a duration");
+    rejects(
+        &pool("    drainTimeout: later\n"),
+        "pools.web.drainTimeout",
+        "not a duration",
+    );
 }
 
 #[test]
 fn rejects_bad_backup_pools() {
-    rejects(&pool("    backupPool: nowhere\n"), "pools.web.backupPool", "no pool named `nowhere`");
-    rejects(&pool("    backupPool: web\n"), "pools.web.backupPool", "its own backup");
+    rejects(
+        &pool("    backupPool: nowhere\n"),
+        "pools.web.backupPool",
+        "no pool named `nowhere`",
+    );
+    rejects(
+        &pool("    backupPool: web\n"),
+        "pools.web.backupPool",
+        "its own backup",
+    );
     let chained = Doc {
         pools: format!(
             "{POOLS}    backupPool: b\n  b:\n    endpoints: {{static: [\"127.0.0.1:9003\"]}}\n    backupPool: c\n  c:\n    endpoints: {{static: [\"127.0.0.1:9004\"]}}\n"
@@ -1040,17 +1110,63 @@ fn rejects_bad_backup_pools() {
 
 #[test]
 fn rejects_bad_discovery_sources() {
-    let only = |source: &str| Doc { pools: format!("pools:\n  web:\n    endpoints:\n      {source}\n"), ..Doc::default() }.text();
-    rejects(&only("file: {path: \"\"}"), "pools.web.endpoints.file.path", "empty");
-    rejects(&only("file: {path: e.yaml, interval: 0s}"), "pools.web.endpoints.file.interval", "longer than zero");
-    rejects(&only("dns: {name: \"http://x\", port: 80}"), "pools.web.endpoints.dns.name", "not a DNS name");
-    rejects(&only("dns: {name: moodle.lms, port: 0}"), "pools.web.endpoints.dns.port", "1 to 65535");
-    rejects(&only("dns: {name: moodle.lms, port: 80, nameservers: [dns]}"), "pools.web.endpoints.dns.nameservers[0]", "not an `ip:port`");
-    rejects(&only("kubernetes: {service: Moodle, port: 80}"), "pools.web.endpoints.kubernetes.service", "not a Service name");
-    rejects(&only("kubernetes: {service: moodle, namespace: LMS, port: 80}"), "pools.web.endpoints.kubernetes.namespace", "not a namespace");
-    rejects(&only("kubernetes: {service: moodle, port: 0}"), "pools.web.endpoints.kubernetes.port", "1 to 65535");
-    rejects(&only("kubernetes: {service: moodle, port: \"Http Port\"}"), "pools.web.endpoints.kubernetes.port", "not a port name");
-    rejects(&only("consul: {service: moodle}"), "pools.web.endpoints.consul", "unknown field");
+    let only = |source: &str| {
+        Doc {
+            pools: format!("pools:\n  web:\n    endpoints:\n      {source}\n"),
+            ..Doc::default()
+        }
+        .text()
+    };
+    rejects(
+        &only("file: {path: \"\"}"),
+        "pools.web.endpoints.file.path",
+        "empty",
+    );
+    rejects(
+        &only("file: {path: e.yaml, interval: 0s}"),
+        "pools.web.endpoints.file.interval",
+        "longer than zero",
+    );
+    rejects(
+        &only("dns: {name: \"http://x\", port: 80}"),
+        "pools.web.endpoints.dns.name",
+        "not a DNS name",
+    );
+    rejects(
+        &only("dns: {name: moodle.lms, port: 0}"),
+        "pools.web.endpoints.dns.port",
+        "1 to 65535",
+    );
+    rejects(
+        &only("dns: {name: moodle.lms, port: 80, nameservers: [dns]}"),
+        "pools.web.endpoints.dns.nameservers[0]",
+        "not an `ip:port`",
+    );
+    rejects(
+        &only("kubernetes: {service: Moodle, port: 80}"),
+        "pools.web.endpoints.kubernetes.service",
+        "not a Service name",
+    );
+    rejects(
+        &only("kubernetes: {service: moodle, namespace: LMS, port: 80}"),
+        "pools.web.endpoints.kubernetes.namespace",
+        "not a namespace",
+    );
+    rejects(
+        &only("kubernetes: {service: moodle, port: 0}"),
+        "pools.web.endpoints.kubernetes.port",
+        "1 to 65535",
+    );
+    rejects(
+        &only("kubernetes: {service: moodle, port: \"Http Port\"}"),
+        "pools.web.endpoints.kubernetes.port",
+        "not a port name",
+    );
+    rejects(
+        &only("consul: {service: moodle}"),
+        "pools.web.endpoints.consul",
+        "unknown field",
+    );
 }
 
 #[test]
@@ -1063,22 +1179,61 @@ fn accepts_discovery_sources() {
     .unwrap();
     let d = &c.pools["web"].discovery;
     let f = d.file.as_ref().unwrap();
-    assert_eq!((f.path.as_path(), f.interval), (Path::new("/etc/usher/eps.yaml"), Duration::from_secs(1)));
+    assert_eq!(
+        (f.path.as_path(), f.interval),
+        (Path::new("/etc/usher/eps.yaml"), Duration::from_secs(1))
+    );
     let dns = d.dns.as_ref().unwrap();
-    assert_eq!((dns.port, dns.interval, dns.nameservers.len()), (8080, Duration::from_secs(5), 1));
+    assert_eq!(
+        (dns.port, dns.interval, dns.nameservers.len()),
+        (8080, Duration::from_secs(5), 1)
+    );
     let k = d.kubernetes.as_ref().unwrap();
-    assert_eq!((k.namespace.as_str(), &k.port), ("default", &super::KubernetesPort::Name("http".into())));
+    assert_eq!(
+        (k.namespace.as_str(), &k.port),
+        ("default", &super::KubernetesPort::Name("http".into()))
+    );
 }
 
 #[test]
 fn rejects_bad_route_extras() {
-    let route = |extra: &str| Doc { routes: format!("routes:\n  - pool: web\n{extra}"), ..Doc::default() }.text();
-    rejects(&route("    rateLimit: {requestsPerSecond: 0}\n"), "routes[0].rateLimit.requestsPerSecond", "above 0");
-    rejects(&route("    rateLimit: {requestsPerSecond: 5, burst: 0.5}\n"), "routes[0].rateLimit.burst", "at least 1");
-    rejects(&route("    cache: {ttl: 0s}\n"), "routes[0].cache.ttl", "longer than zero");
-    rejects(&route("    cache: {ttl: 1s, maxEntries: 0}\n"), "routes[0].cache.maxEntries", "at least 1");
-    rejects(&route("    cache: {ttl: 1s, sessionCookies: [\"a;b\"]}\n"), "routes[0].cache.sessionCookies[0]", "not a cookie name");
-    rejects(&route("    cache: {ttl: 1s, maxBodyBytes: lots}\n"), "routes[0].cache.maxBodyBytes", "not a size");
+    let route = |extra: &str| {
+        Doc {
+            routes: format!("routes:\n  - pool: web\n{extra}"),
+            ..Doc::default()
+        }
+        .text()
+    };
+    rejects(
+        &route("    rateLimit: {requestsPerSecond: 0}\n"),
+        "routes[0].rateLimit.requestsPerSecond",
+        "above 0",
+    );
+    rejects(
+        &route("    rateLimit: {requestsPerSecond: 5, burst: 0.5}\n"),
+        "routes[0].rateLimit.burst",
+        "at least 1",
+    );
+    rejects(
+        &route("    cache: {ttl: 0s}\n"),
+        "routes[0].cache.ttl",
+        "longer than zero",
+    );
+    rejects(
+        &route("    cache: {ttl: 1s, maxEntries: 0}\n"),
+        "routes[0].cache.maxEntries",
+        "at least 1",
+    );
+    rejects(
+        &route("    cache: {ttl: 1s, sessionCookies: [\"a;b\"]}\n"),
+        "routes[0].cache.sessionCookies[0]",
+        "not a cookie name",
+    );
+    rejects(
+        &route("    cache: {ttl: 1s, maxBodyBytes: lots}\n"),
+        "routes[0].cache.maxBodyBytes",
+        "not a size",
+    );
     let c = parse(&route("    rateLimit: {requestsPerSecond: 2.5}\n")).unwrap();
     assert_eq!(c.routes[0].rate_limit.as_ref().unwrap().burst, 2.5);
 }
@@ -1089,5 +1244,9 @@ fn trusted_proxies() {
     let c = parse(&doc("[\"10.0.0.0/8\", \"192.0.2.10\", \"::1\"]")).unwrap();
     assert_eq!(c.trusted_proxies.len(), 3);
     assert!(c.trusted_proxies[1].contains(&"192.0.2.10".parse::<std::net::IpAddr>().unwrap()));
-    rejects(&doc("[\"10.0.0.0/33\"]"), "trustedProxies[0]", "not an address or CIDR");
+    rejects(
+        &doc("[\"10.0.0.0/33\"]"),
+        "trustedProxies[0]",
+        "not an address or CIDR",
+    );
 }

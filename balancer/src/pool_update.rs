@@ -70,8 +70,9 @@ impl PoolUpdater {
             while let Some(update) = rx.recv().await {
                 let Some(me) = weak.upgrade() else { return };
                 if me.discovered.apply(update) {
-                    let config = me.shared.snapshot.load().config.clone();
-                    me.rebuild(config, false);
+                    // The config is read under the rebuild lock: a reload
+                    // published meanwhile is never undone.
+                    me.rebuild(None, false);
                 }
             }
         });
@@ -109,13 +110,15 @@ impl PoolUpdater {
                 SourceKind::Kubernetes => p.discovery.kubernetes.is_some(),
             })
         });
-        self.rebuild(config.clone(), start);
+        self.rebuild(Some(config.clone()), start);
         self.reconcile_sources(&config);
     }
 
-    /// Builds and publishes a snapshot of `config` with the endpoints known now.
-    pub fn rebuild(&self, config: Arc<Config>, start: bool) {
+    /// Builds and publishes a snapshot of `config` (the current one when
+    /// `None`) with the endpoints known now.
+    pub fn rebuild(&self, config: Option<Arc<Config>>, start: bool) {
         let _serial = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let config = config.unwrap_or_else(|| self.shared.snapshot.load().config.clone());
         let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let lists = |pool: &str| self.discovered.endpoints(pool);
         let initial = |pool: &str| start || !seen.contains(pool);

@@ -299,7 +299,7 @@ impl Pools {
             queue: Arc::default(),
             current: ArcSwapOption::empty(),
             learned: moka::sync::Cache::builder()
-                .max_capacity(1_000_000)
+                .max_capacity(200_000)
                 .time_to_idle(Duration::from_secs(24 * 3600))
                 .build(),
             on_backup: AtomicBool::new(false),

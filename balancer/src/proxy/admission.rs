@@ -34,6 +34,33 @@ fn reject(pool: &PoolRuntime, why: Rejection, message: &str) -> Response<ProxyBo
     ))
 }
 
+/// Counts a request in the queue-depth gauge and observes its wait when
+/// dropped, also when the client goes away while waiting.
+struct WaitMetrics {
+    depth: prometheus_client::metrics::gauge::Gauge,
+    wait: prometheus_client::metrics::histogram::Histogram,
+    started: Instant,
+}
+
+impl WaitMetrics {
+    fn start(pool: &PoolRuntime) -> Self {
+        let m = &pool.live.metrics;
+        m.queue_depth.inc();
+        Self {
+            depth: m.queue_depth.clone(),
+            wait: m.queue_wait.clone(),
+            started: Instant::now(),
+        }
+    }
+}
+
+impl Drop for WaitMetrics {
+    fn drop(&mut self) {
+        self.depth.dec();
+        self.wait.observe(self.started.elapsed().as_secs_f64());
+    }
+}
+
 /// A reserved slot on an endpoint of `pool`, or the response to send instead.
 pub async fn admit(pool: &PoolRuntime) -> Result<InFlight, Response<ProxyBody>> {
     let now = Instant::now();
@@ -57,14 +84,10 @@ pub async fn admit(pool: &PoolRuntime) -> Result<InFlight, Response<ProxyBody>> 
             "is at capacity and its queue is full",
         ));
     };
-    let metrics = &pool.live.metrics;
-    metrics.queue_depth.inc();
+    let _waiting_metrics = WaitMetrics::start(pool);
     // A slot may have freed between the reservation attempt and enqueueing.
     pool.live.slot_freed();
-    let started = Instant::now();
     let outcome = tokio::time::timeout(settings.timeout, &mut waiting.slot).await;
-    metrics.queue_depth.dec();
-    metrics.queue_wait.observe(started.elapsed().as_secs_f64());
     drop(waiting);
     match outcome {
         Ok(Ok(guard)) => Ok(guard),

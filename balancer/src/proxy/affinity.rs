@@ -11,6 +11,10 @@ use crate::endpoint::EndpointState;
 use crate::snapshot::PoolRuntime;
 use crate::sticky::{self, find_cookie};
 
+/// Longest application-cookie value followed; longer ones are ignored, which
+/// bounds what a client can make the learned table hold (with its entry cap).
+const MAX_APP_COOKIE: usize = 128;
+
 /// What affinity decided for one request.
 #[derive(Debug, Default)]
 pub struct Affinity {
@@ -43,7 +47,10 @@ pub fn resolve(pool: &PoolRuntime, headers: &HeaderMap, now: Instant) -> Affinit
             }
         }
         Some(app) => {
-            let Some(value) = find_cookie(headers, app).map(str::to_string) else {
+            let Some(value) = find_cookie(headers, app)
+                .filter(|v| v.len() <= MAX_APP_COOKIE)
+                .map(str::to_string)
+            else {
                 return Affinity::default();
             };
             let learned = pool.live.learned.get(&value).and_then(|address| {
@@ -112,7 +119,7 @@ pub fn finish(
                         .unwrap_or_default()
                         .trim()
                         .trim_matches('"');
-                    if !value.is_empty() && value != "deleted" {
+                    if !value.is_empty() && value != "deleted" && value.len() <= MAX_APP_COOKIE {
                         pool.live
                             .learned
                             .insert(value.to_string(), served.address().to_string());

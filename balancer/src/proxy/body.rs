@@ -49,6 +49,68 @@ impl<B: Body, G> Body for Guarded<B, G> {
     }
 }
 
+pin_project_lite::pin_project! {
+    /// Signals when a request body has been sent in full (or dropped), so
+    /// the response timeout can start then.
+    pub struct SentSignal<B> {
+        #[pin]
+        inner: B,
+        signal: Signal,
+    }
+}
+
+/// Fires a oneshot once, at the latest on drop.
+struct Signal(Option<tokio::sync::oneshot::Sender<()>>);
+
+impl Signal {
+    fn fire(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl Drop for Signal {
+    fn drop(&mut self) {
+        self.fire();
+    }
+}
+
+impl<B> SentSignal<B> {
+    /// Wraps `inner`; `sent` fires when it ends or is dropped.
+    pub fn new(inner: B, sent: tokio::sync::oneshot::Sender<()>) -> Self {
+        Self {
+            inner,
+            signal: Signal(Some(sent)),
+        }
+    }
+}
+
+impl<B: Body> Body for SentSignal<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let frame = this.inner.poll_frame(cx);
+        if let Poll::Ready(None) = frame {
+            this.signal.fire();
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// An empty body.
 pub fn empty() -> ProxyBody {
     http_body_util::Empty::new()

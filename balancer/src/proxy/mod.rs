@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
 use http_body::Body as _;
-use http_body_util::{LengthLimitError, Limited};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 
 use self::body::{Guarded, boxed, empty, local};
@@ -106,7 +106,8 @@ async fn serve_route(
             ) =>
         {
             let url = format!(
-                "{}{}",
+                "{}://{}{}",
+                conn.proto,
                 host.unwrap_or_default(),
                 req.uri().path_and_query().map_or("/", |p| p.as_str())
             );
@@ -158,14 +159,63 @@ fn content_length(req: &Request<Incoming>) -> Option<u64> {
 }
 
 fn is_length_limit(e: &(dyn std::error::Error + 'static)) -> bool {
+    in_chain::<LengthLimitError>(e)
+}
+
+/// Whether `e` or any of its sources is a `T`.
+fn in_chain<T: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
-        if err.is::<LengthLimitError>() {
+        if err.is::<T>() {
             return true;
         }
         cur = err.source();
     }
     false
+}
+
+/// Whether an upstream failure happened before any response byte: a connect
+/// error, or the connection closed or reset while waiting (a stale keep-alive
+/// connection). Only these are retried.
+fn failed_before_response(e: &hyper_util::client::legacy::Error) -> bool {
+    if e.is_connect() {
+        return true;
+    }
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(h) = err.downcast_ref::<hyper::Error>()
+            && (h.is_incomplete_message() || h.is_canceled() || h.is_closed())
+        {
+            return true;
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
+            if matches!(io.kind(), ConnectionReset | BrokenPipe | ConnectionAborted) {
+                return true;
+            }
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// Longest a request body may take to upload before the response timeout starts.
+const UPLOAD_LIMIT: std::time::Duration = std::time::Duration::from_secs(30 * 60);
+
+/// An error reading the client's request body (an aborted upload).
+#[derive(Debug)]
+struct ClientBodyError(upstream::BoxError);
+
+impl std::fmt::Display for ClientBodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "client request body: {}", self.0)
+    }
+}
+
+impl std::error::Error for ClientBodyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(self.0.as_ref())
+    }
 }
 
 async fn forward(
@@ -182,17 +232,28 @@ async fn forward(
         );
     }
     let upgrade = req.version() <= Version::HTTP_11 && headers::is_upgrade(req.headers());
+    if upgrade
+        && (content_length(&req).is_some_and(|n| n > 0)
+            || req.headers().contains_key(header::TRANSFER_ENCODING))
+    {
+        // The body would be sent as tunnel bytes: refuse the ambiguity.
+        return local(
+            StatusCode::BAD_REQUEST,
+            "usher: an upgrade request must not have a body",
+        );
+    }
     let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let retriable = !upgrade && is_idempotent(req.method()) && req.body().is_end_stream();
     let affinity = affinity::resolve(pool, req.headers(), Instant::now());
 
     let (mut parts, body) = req.into_parts();
     let upgrade_value = parts.headers.get(header::UPGRADE).cloned();
-    if parts.headers.get(header::HOST).is_none()
-        && let Some(v) = parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    // Route, cache key and the forwarded Host agree: an absolute-form target
+    // or HTTP/2 `:authority` wins over a `Host` header (RFC 9112 §3.2.2).
+    if let Some(v) = parts
+        .uri
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     {
         parts.headers.insert(header::HOST, v);
     }
@@ -226,7 +287,15 @@ async fn forward(
         .map_or("/", |p| p.as_str())
         .to_string();
 
-    let mut body = Some(boxed(Limited::new(body, conn.max_body_bytes as usize)));
+    let mut body = Some(boxed(
+        Limited::new(body, conn.max_body_bytes as usize).map_err(|e| {
+            if e.is::<LengthLimitError>() {
+                e
+            } else {
+                Box::new(ClientBodyError(e)) as upstream::BoxError
+            }
+        }),
+    ));
     let settings = &pool.settings;
     let attempts = 1 + if retriable {
         settings.retries.attempts
@@ -276,13 +345,30 @@ async fn forward(
             Ok(u) => u,
             Err(_) => return local(StatusCode::BAD_REQUEST, "usher: invalid request target"),
         };
-        let mut up = Request::new(body.take().unwrap_or_else(empty));
+        let (sent_tx, sent_rx) = tokio::sync::oneshot::channel();
+        let up_body = match body.take() {
+            Some(b) => boxed(body::SentSignal::new(b, sent_tx)),
+            None => {
+                let _ = sent_tx.send(());
+                empty()
+            }
+        };
+        let mut up = Request::new(up_body);
         *up.method_mut() = parts.method.clone();
         *up.uri_mut() = uri;
         *up.headers_mut() = parts.headers.clone();
 
         let started = Instant::now();
-        let outcome = tokio::time::timeout(settings.timeouts.response, client.request(up)).await;
+        // The response timeout runs from the end of the upload, so a long
+        // course upload is not cut off (uploads get at most UPLOAD_LIMIT).
+        let call = client.request(up);
+        tokio::pin!(call);
+        let outcome = tokio::select! {
+            biased;
+            done = &mut call => Ok(done),
+            _ = sent_rx => tokio::time::timeout(settings.timeouts.response, &mut call).await.map_err(|_| ()),
+            () = tokio::time::sleep(UPLOAD_LIMIT) => Err(()),
+        };
         let elapsed = started.elapsed();
         let may_eject = || pool.may_eject(Instant::now());
         match outcome {
@@ -310,6 +396,13 @@ async fn forward(
                         "usher: request body too large",
                     );
                 }
+                if in_chain::<ClientBodyError>(&e) {
+                    // The client's upload failed, not the endpoint.
+                    return local(
+                        StatusCode::BAD_REQUEST,
+                        "usher: the request body was cut off",
+                    );
+                }
                 let connect = e.is_connect();
                 if let Some(until) = state.record_outcome(
                     Err(connect),
@@ -331,6 +424,10 @@ async fn forward(
                     StatusCode::BAD_GATEWAY,
                     "usher: the upstream server failed to answer",
                 ));
+                if !failed_before_response(&e) {
+                    // A malformed response: the request may have been processed.
+                    break;
+                }
             }
             Err(_) => {
                 state.record_outcome(

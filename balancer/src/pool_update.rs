@@ -219,6 +219,14 @@ impl PoolUpdater {
         }
     }
 
+    /// Forgets drained endpoints, serialized with rebuilds so that a state a
+    /// rebuild just brought back is never forgotten.
+    pub fn sweep(&self) -> usize {
+        let _serial = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let members = self.shared.snapshot.load().members();
+        self.shared.endpoints.sweep(&members, Instant::now())
+    }
+
     /// Stops every source and checker.
     pub fn stop(&self) {
         for (_, (_, task)) in self

@@ -40,11 +40,12 @@ impl RetryBudget {
         min_concurrency: u32,
     ) -> Option<Active> {
         let requests = self.active_requests.load(Ordering::Relaxed);
-        let retries = self.active_retries.load(Ordering::Relaxed);
-        if !allows(requests, retries, budget_percent, min_concurrency) {
-            return None;
-        }
-        self.active_retries.fetch_add(1, Ordering::Relaxed);
+        // Check and count in one step, so concurrent retries cannot overshoot.
+        self.active_retries
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |retries| {
+                allows(requests, retries, budget_percent, min_concurrency).then_some(retries + 1)
+            })
+            .ok()?;
         Some(Active {
             budget: self.clone(),
             retry: true,

@@ -139,7 +139,10 @@ impl Balancer {
         for l in &balancer.listeners {
             tokio::spawn(l.clone().serve(shared.clone()));
         }
-        tokio::spawn(sweep(shared.clone(), balancer.control_stop.clone()));
+        tokio::spawn(sweep(
+            balancer.updater.clone(),
+            balancer.control_stop.clone(),
+        ));
         if let Some(every) = options.watch_interval {
             tokio::spawn(watch(
                 Arc::downgrade(&balancer),
@@ -309,14 +312,13 @@ async fn watch(balancer: std::sync::Weak<Balancer>, every: Duration, stop: Cance
     }
 }
 
-async fn sweep(shared: Arc<Shared>, stop: CancellationToken) {
+async fn sweep(updater: Arc<PoolUpdater>, stop: CancellationToken) {
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
-        let members = shared.snapshot.load().members();
-        let gone = shared.endpoints.sweep(&members, std::time::Instant::now());
+        let gone = updater.sweep();
         if gone > 0 {
             tracing::info!(endpoints = gone, "drained endpoints removed");
         }

@@ -69,10 +69,13 @@ async fn probe(address: &str, settings: &HealthCheck) -> Result<u16, String> {
     Ok(status)
 }
 
+/// A running check task and the live state it checks.
+type CheckTask = (Arc<EndpointState>, JoinHandle<()>);
+
 /// The check tasks, one per (pool, endpoint) with checks configured.
 #[derive(Debug, Default)]
 pub struct Checkers {
-    tasks: Mutex<HashMap<(String, String), JoinHandle<()>>>,
+    tasks: Mutex<HashMap<(String, String), CheckTask>>,
 }
 
 impl Checkers {
@@ -93,8 +96,11 @@ impl Checkers {
             }
         }
         let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
-        tasks.retain(|key, task| {
-            let keep = wanted.contains_key(key) && !task.is_finished();
+        // A task checks one live state: if the endpoint was forgotten and
+        // created again under the same address, its task starts afresh.
+        tasks.retain(|key, (state, task)| {
+            let keep =
+                wanted.get(key).is_some_and(|w| Arc::ptr_eq(w, state)) && !task.is_finished();
             if !keep {
                 task.abort();
             }
@@ -104,15 +110,15 @@ impl Checkers {
             if tasks.contains_key(&key) {
                 continue;
             }
-            let task = tokio::spawn(run(shared.clone(), state));
-            tasks.insert(key, task);
+            let task = tokio::spawn(run(shared.clone(), state.clone()));
+            tasks.insert(key, (state, task));
         }
     }
 
     /// Stops every task.
     pub fn stop(&self) {
         let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
-        for (_, t) in tasks.drain() {
+        for (_, (_, t)) in tasks.drain() {
             t.abort();
         }
     }

@@ -126,24 +126,6 @@ fn config(endpoints_yaml: &str) -> String {
     )
 }
 
-/// `/status` entry of `address` in pool `web`, if listed.
-async fn endpoint_json(tb: &TestBalancer, address: &str) -> Option<Value> {
-    let s = common::status(tb).await;
-    s["pools"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "web")
-        .and_then(|p| {
-            p["endpoints"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|e| e["address"] == address)
-                .cloned()
-        })
-}
-
 /// `address → state` of every endpoint of `web` per `/status`.
 async fn states(tb: &TestBalancer) -> BTreeMap<String, String> {
     let s = common::status(tb).await;
@@ -273,7 +255,9 @@ async fn assert_drains(
         victim.name,
         states(tb).await
     );
-    let entry = endpoint_json(tb, &victim.address()).await.unwrap();
+    let entry = common::endpoint_json(tb, "web", &victim.address())
+        .await
+        .unwrap();
     assert_eq!(entry["inFlight"], 1, "{entry}");
     let hits = victim.hits();
     only_reach(tb, 20, others).await;
@@ -296,7 +280,9 @@ async fn assert_drains(
         "the request in flight on a removed endpoint completes"
     );
     let gone = eventually(Duration::from_secs(10), || async {
-        endpoint_json(tb, &victim.address()).await.is_none()
+        common::endpoint_json(tb, "web", &victim.address())
+            .await
+            .is_none()
     })
     .await;
     assert!(

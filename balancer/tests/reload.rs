@@ -8,9 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{Backend, TestBalancer, client, eventually, get, text};
+use common::{Backend, TestBalancer, client, eventually, gated, get};
 use serde_json::Value;
-use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use usher_balancer::Options;
 
@@ -24,23 +23,6 @@ fn weighted(endpoints: &[(&Backend, u32)], pool_extra: &str) -> String {
         .map(|(a, (_, w))| (a, *w))
         .collect();
     format!("{}{pool_extra}", weighted_addrs(&pairs))
-}
-
-/// A backend whose requests wait until the test lets them through, one per
-/// permit: `200 <name>` once released.
-async fn gated(name: &str) -> (Backend, Arc<Semaphore>) {
-    let gate = Arc::new(Semaphore::new(0));
-    let g = gate.clone();
-    let name = name.to_string();
-    let backend = Backend::start(move |_req| {
-        let (gate, name) = (g.clone(), name.clone());
-        async move {
-            gate.acquire().await.unwrap().forget();
-            text(200, name)
-        }
-    })
-    .await;
-    (backend, gate)
 }
 
 /// Endpoints of pool `web` per `/status`.

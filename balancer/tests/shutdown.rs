@@ -9,9 +9,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Backend, client, eventually, get, text};
+use common::{Backend, client, eventually, gated, get};
 use serde_json::Value;
-use tokio::sync::Semaphore;
 
 /// The balancer binary running `run -c <file>`, its JSON log collected from stderr.
 /// Killed (SIGKILL, by its own pid) if still running when dropped.
@@ -165,22 +164,6 @@ impl Drop for Proc {
             let _ = self.child.wait();
         }
     }
-}
-
-/// A backend whose requests wait until the test adds a permit.
-async fn gated(name: &str) -> (Backend, Arc<Semaphore>) {
-    let gate = Arc::new(Semaphore::new(0));
-    let g = gate.clone();
-    let name = name.to_string();
-    let backend = Backend::start(move |_req| {
-        let (gate, name) = (g.clone(), name.clone());
-        async move {
-            gate.acquire().await.unwrap().forget();
-            text(200, name)
-        }
-    })
-    .await;
-    (backend, gate)
 }
 
 /// Listener and admin on free ports, `/slow/` to pool `slow`, the rest to pool `web`.

@@ -17,20 +17,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{
-    Backend, TestBalancer, client, config, endpoint_state, eventually, get, send, status, text,
-};
+use common::{Backend, TestBalancer, client, config, endpoint_state, eventually, get, send, text};
 use futures_util::{SinkExt, StreamExt};
 use http::{HeaderMap, HeaderValue, Request, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::{Message, http as ws_http};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
@@ -257,31 +252,12 @@ impl Node {
     }
 }
 
-/// Accepts a WebSocket handshake and echoes text and binary messages.
-fn websocket(name: String, mut req: Request<Incoming>) -> http::Response<Full<Bytes>> {
-    let key = req.headers()["sec-websocket-key"].clone();
-    let on_upgrade = hyper::upgrade::on(&mut req);
-    tokio::spawn(async move {
-        let Ok(upgraded) = on_upgrade.await else {
-            return;
-        };
-        let mut ws =
-            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
-        while let Some(Ok(msg)) = ws.next().await {
-            if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
-                break;
-            }
-        }
-    });
-    let mut resp = text(101, "");
-    let h = resp.headers_mut();
-    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    h.insert(
-        "sec-websocket-accept",
-        HeaderValue::from_str(&derive_accept_key(key.as_bytes())).unwrap(),
-    );
-    h.insert("x-backend", HeaderValue::from_str(&name).unwrap());
+/// Accepts a WebSocket handshake and echoes text and binary messages,
+/// naming the backend in `x-backend`.
+fn websocket(name: String, req: Request<Incoming>) -> http::Response<Full<Bytes>> {
+    let mut resp = common::websocket_echo(req);
+    resp.headers_mut()
+        .insert("x-backend", HeaderValue::from_str(&name).unwrap());
     resp
 }
 
@@ -326,21 +302,10 @@ async fn wait_refused(addr: SocketAddr) {
 
 /// `inFlight` of `endpoint` in pool `web` per `/status`.
 async fn in_flight(tb: &TestBalancer, endpoint: &str) -> u64 {
-    let s = status(tb).await;
-    s["pools"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "web")
-        .and_then(|p| {
-            p["endpoints"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|e| e["address"] == endpoint)
-        })
+    common::endpoint_json(tb, "web", endpoint)
+        .await
         .and_then(|e| e["inFlight"].as_u64())
-        .unwrap_or_else(|| panic!("no inFlight for {endpoint}: {s}"))
+        .unwrap_or_else(|| panic!("no inFlight for {endpoint}"))
 }
 
 /// Asserts that an affinity cookie value reveals no endpoint: it is an opaque

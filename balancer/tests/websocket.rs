@@ -5,56 +5,16 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Backend, TestBalancer, config, status, text};
+use common::{Backend, TestBalancer, config, status};
 use futures_util::{SinkExt, StreamExt};
-use http::{HeaderValue, Request, StatusCode, header};
+use http::{Request, StatusCode};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::Role;
 
 /// A backend that accepts WebSocket upgrades and echoes every text and
 /// binary message; anything else gets `400`.
 async fn echo_backend() -> Backend {
-    Backend::start(|mut req: Request<Incoming>| async move {
-        let wants_websocket = req
-            .headers()
-            .get(header::UPGRADE)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
-        let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
-            return text(400, "not a websocket handshake");
-        };
-        if !wants_websocket {
-            return text(400, "not a websocket handshake");
-        }
-        let on_upgrade = hyper::upgrade::on(&mut req);
-        tokio::spawn(async move {
-            let Ok(upgraded) = on_upgrade.await else {
-                return;
-            };
-            let mut ws =
-                WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
-            // A close frame is answered by tungstenite itself; the loop then
-            // ends and dropping the stream closes the TCP connection.
-            while let Some(Ok(msg)) = ws.next().await {
-                if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
-                    break;
-                }
-            }
-        });
-        let mut resp = text(101, "");
-        let h = resp.headers_mut();
-        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        h.insert(
-            "sec-websocket-accept",
-            HeaderValue::from_str(&derive_accept_key(key.as_bytes())).unwrap(),
-        );
-        resp
-    })
-    .await
+    Backend::start(|req: Request<Incoming>| async move { common::websocket_echo(req) }).await
 }
 
 /// `inFlight` of `endpoint` in pool `web` per `/status`.

@@ -230,19 +230,8 @@ pub async fn status(tb: &TestBalancer) -> serde_json::Value {
 
 /// State of `endpoint` in `pool` per `/status`.
 pub async fn endpoint_state(tb: &TestBalancer, pool: &str, endpoint: &str) -> String {
-    let s = status(tb).await;
-    s["pools"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == pool)
-        .and_then(|p| {
-            p["endpoints"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|e| e["address"] == endpoint)
-        })
+    endpoint_json(tb, pool, endpoint)
+        .await
         .map(|e| e["state"].as_str().unwrap().to_string())
         .unwrap_or_else(|| "absent".to_string())
 }
@@ -303,4 +292,84 @@ pub async fn switchable(name: &str, sick: Arc<std::sync::atomic::AtomicBool>) ->
         }
     })
     .await
+}
+
+/// The `/status` entry of `address` in `pool`, if listed.
+pub async fn endpoint_json(
+    tb: &TestBalancer,
+    pool: &str,
+    address: &str,
+) -> Option<serde_json::Value> {
+    let s = status(tb).await;
+    s["pools"].as_array()?.iter().find(|p| p["name"] == pool)?["endpoints"]
+        .as_array()?
+        .iter()
+        .find(|e| e["address"] == address)
+        .cloned()
+}
+
+/// A backend whose requests wait until the test adds a permit, then answer `200 <name>`.
+pub async fn gated(name: &str) -> (Backend, Arc<tokio::sync::Semaphore>) {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let g = gate.clone();
+    let name = name.to_string();
+    let backend = Backend::start(move |_req| {
+        let (gate, name) = (g.clone(), name.clone());
+        async move {
+            gate.acquire().await.unwrap().forget();
+            text(200, name)
+        }
+    })
+    .await;
+    (backend, gate)
+}
+
+/// Accepts a WebSocket handshake and echoes every text and binary message;
+/// anything that is not a handshake gets `400`.
+pub fn websocket_echo(mut req: Request<Incoming>) -> Response<Full<Bytes>> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::WebSocketStream;
+    use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    let wants_websocket = req
+        .headers()
+        .get(http::header::UPGRADE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
+        return text(400, "not a websocket handshake");
+    };
+    if !wants_websocket {
+        return text(400, "not a websocket handshake");
+    }
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let mut ws =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        // A close frame is answered by tungstenite itself; the loop then
+        // ends and dropping the stream closes the TCP connection.
+        while let Some(Ok(msg)) = ws.next().await {
+            if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut resp = text(101, "");
+    let h = resp.headers_mut();
+    h.insert(
+        http::header::UPGRADE,
+        http::HeaderValue::from_static("websocket"),
+    );
+    h.insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("upgrade"),
+    );
+    h.insert(
+        "sec-websocket-accept",
+        http::HeaderValue::from_str(&derive_accept_key(key.as_bytes())).unwrap(),
+    );
+    resp
 }

@@ -243,7 +243,8 @@ async fn forward(
         );
     }
     let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let retriable = !upgrade && is_idempotent(req.method()) && req.body().is_end_stream();
+    let body_empty = req.body().is_end_stream();
+    let retriable = !upgrade && is_idempotent(req.method()) && body_empty;
     let affinity = affinity::resolve(pool, req.headers(), Instant::now());
 
     let (mut parts, body) = req.into_parts();
@@ -345,13 +346,15 @@ async fn forward(
             Ok(u) => u,
             Err(_) => return local(StatusCode::BAD_REQUEST, "usher: invalid request target"),
         };
-        let (sent_tx, sent_rx) = tokio::sync::oneshot::channel();
-        let up_body = match body.take() {
-            Some(b) => boxed(body::SentSignal::new(b, sent_tx)),
-            None => {
-                let _ = sent_tx.send(());
-                empty()
+        // A request with a body: the response timeout runs from the end of
+        // the upload, so a long course upload is not cut off (an upload may
+        // take UPLOAD_LIMIT). Without a body it runs from the start.
+        let (up_body, sent) = match body.take() {
+            Some(b) if !body_empty => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                (boxed(body::SentSignal::new(b, tx)), Some(rx))
             }
+            _ => (empty(), None),
         };
         let mut up = Request::new(up_body);
         *up.method_mut() = parts.method.clone();
@@ -359,15 +362,20 @@ async fn forward(
         *up.headers_mut() = parts.headers.clone();
 
         let started = Instant::now();
-        // The response timeout runs from the end of the upload, so a long
-        // course upload is not cut off (uploads get at most UPLOAD_LIMIT).
         let call = client.request(up);
-        tokio::pin!(call);
-        let outcome = tokio::select! {
-            biased;
-            done = &mut call => Ok(done),
-            _ = sent_rx => tokio::time::timeout(settings.timeouts.response, &mut call).await.map_err(|_| ()),
-            () = tokio::time::sleep(UPLOAD_LIMIT) => Err(()),
+        let outcome = match sent {
+            None => tokio::time::timeout(settings.timeouts.response, call)
+                .await
+                .map_err(|_| ()),
+            Some(sent) => {
+                tokio::pin!(call);
+                tokio::select! {
+                    biased;
+                    done = &mut call => Ok(done),
+                    _ = sent => tokio::time::timeout(settings.timeouts.response, &mut call).await.map_err(|_| ()),
+                    () = tokio::time::sleep(UPLOAD_LIMIT) => Err(()),
+                }
+            }
         };
         let elapsed = started.elapsed();
         let may_eject = || pool.may_eject(Instant::now());

@@ -32,7 +32,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
         .collect();
     for name in named {
-        headers.remove(name);
+        // A client cannot strip what the proxy itself relies on by naming it.
+        if name != header::HOST && name != X_REQUEST_ID {
+            headers.remove(name);
+        }
     }
     for name in HOP_BY_HOP {
         headers.remove(name);
@@ -130,6 +133,22 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-keep"));
+    }
+
+    #[test]
+    fn connection_cannot_strip_host_or_request_id() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_static("host, x-request-id, x-drop"),
+        );
+        h.insert("host", HeaderValue::from_static("lms.example.edu"));
+        h.insert("x-request-id", HeaderValue::from_static("abc"));
+        h.insert("x-drop", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h["host"], "lms.example.edu");
+        assert_eq!(h["x-request-id"], "abc");
+        assert!(!h.contains_key("x-drop"));
     }
 
     #[test]

@@ -352,35 +352,17 @@ async fn sni_chooses_the_certificate_and_unknown_names_get_the_first() {
     let addr = tls_addr(&tb);
 
     // Each name verifies against its own certificate only.
-    let tls = connect(addr, trusting(&[&lms], &[b"http/1.1"]), "lms.example.edu")
-        .await
-        .expect("lms.example.edu verifies");
-    assert_eq!(presented(&tls), lms.der);
-    let mut h1 = http1(tls).await;
-    assert_eq!(
-        get1(&mut h1, "lms.example.edu", "/").await,
-        (
-            StatusCode::OK,
-            "path=/ proto=https host=lms.example.edu".to_string()
-        )
-    );
-
-    let tls = connect(
-        addr,
-        trusting(&[&other], &[b"http/1.1"]),
-        "other.example.edu",
-    )
-    .await
-    .expect("other.example.edu verifies");
-    assert_eq!(presented(&tls), other.der);
-    let mut h1 = http1(tls).await;
-    assert_eq!(
-        get1(&mut h1, "other.example.edu", "/").await,
-        (
-            StatusCode::OK,
-            "path=/ proto=https host=other.example.edu".to_string()
-        )
-    );
+    for (cert, name) in [(&lms, "lms.example.edu"), (&other, "other.example.edu")] {
+        let tls = connect(addr, trusting(&[cert], &[b"http/1.1"]), name)
+            .await
+            .unwrap_or_else(|e| panic!("{name} verifies: {e:?}"));
+        assert_eq!(presented(&tls), cert.der);
+        let mut h1 = http1(tls).await;
+        assert_eq!(
+            get1(&mut h1, name, "/").await,
+            (StatusCode::OK, format!("path=/ proto=https host={name}"))
+        );
+    }
 
     // SNI matching ignores case.
     let tls = connect(

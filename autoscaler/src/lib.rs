@@ -7,3 +7,4 @@
 pub mod decide;
 pub mod filter;
 pub mod policy;
+pub mod scrape;

@@ -12,7 +12,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
 
 use crate::config::{HealthCheck, OutlierDetection};
-use crate::health::outlier::{self, Outcome};
+use crate::health::outlier::Outcome;
 use crate::health::{HealthCounter, OutlierState, Transition};
 use crate::metrics::{CODE_CLASSES, CheckLabels, EndpointClassLabels, EndpointLabels, Metrics};
 
@@ -579,10 +579,4 @@ impl Endpoints {
         all.sort_by(|a, b| (a.pool(), a.address()).cmp(&(b.pool(), b.address())));
         all
     }
-}
-
-/// Whether a pool whose endpoints are `members` may eject one more.
-pub fn pool_may_eject(members: &[Arc<EndpointState>], percent: u32, now: Instant) -> bool {
-    let ejected = members.iter().filter(|m| m.is_ejected(now)).count();
-    outlier::may_eject(members.len(), ejected, percent)
 }

@@ -42,8 +42,6 @@ pub struct StickyRuntime {
     pub settings: Sticky,
     /// Signs endpoint ids.
     pub secret: StickySecret,
-    /// Cookie id of each member, by member index.
-    pub ids: Vec<String>,
     /// Endpoint by cookie id, draining endpoints included.
     pub by_id: HashMap<String, Arc<EndpointState>>,
 }
@@ -74,21 +72,10 @@ impl std::fmt::Debug for PoolRuntime {
 }
 
 impl PoolRuntime {
-    /// Picks an endpoint that takes new requests, is not in `exclude` and,
-    /// when `limited`, is below `maxInFlightPerEndpoint`. Weights are scaled
-    /// by slow start.
-    pub fn pick(
-        &self,
-        now: Instant,
-        exclude: &[usize],
-        limited: bool,
-        entropy: u64,
-    ) -> Option<usize> {
-        let limit = if limited {
-            self.settings.max_in_flight_per_endpoint
-        } else {
-            None
-        };
+    /// Picks an endpoint that takes new requests, is not in `exclude` and is
+    /// below `maxInFlightPerEndpoint`. Weights are scaled by slow start.
+    pub fn pick(&self, now: Instant, exclude: &[usize], entropy: u64) -> Option<usize> {
+        let limit = self.settings.max_in_flight_per_endpoint;
         let slow_start = self.settings.slow_start.as_ref();
         let mut index = Vec::with_capacity(self.members.len());
         let mut candidates = Vec::with_capacity(self.members.len());
@@ -116,7 +103,7 @@ impl PoolRuntime {
         // Another request may take the last slot between the pick and the
         // reservation; a few tries settle it.
         for _ in 0..4 {
-            let idx = self.pick(now, exclude, true, fastrand::u64(..))?;
+            let idx = self.pick(now, exclude, fastrand::u64(..))?;
             if let Some(guard) = self.members[idx].state.try_start_request(limit) {
                 return Some((idx, guard));
             }
@@ -138,11 +125,15 @@ impl PoolRuntime {
 
     /// Whether one more endpoint may be ejected now.
     pub fn may_eject(&self, now: Instant) -> bool {
-        let states: Vec<_> = self.members.iter().map(|m| m.state.clone()).collect();
-        crate::endpoint::pool_may_eject(
-            &states,
+        let ejected = self
+            .members
+            .iter()
+            .filter(|m| m.state.is_ejected(now))
+            .count();
+        crate::health::outlier::may_eject(
+            self.members.len(),
+            ejected,
             self.settings.outlier_detection.max_ejection_percent,
-            now,
         )
     }
 }
@@ -454,26 +445,20 @@ impl Snapshot {
             } else {
                 Duration::ZERO
             };
-            for s in inputs.endpoints.of_pool(name) {
+            let pool_states = inputs.endpoints.of_pool(name);
+            for s in &pool_states {
                 s.set_sticky_hold(hold);
                 s.set_queue_hook(pool.max_in_flight_per_endpoint.map(|_| live.clone()));
             }
             let sticky = pool.sticky.as_ref().map(|settings| {
                 let secret = (inputs.secrets)(name, settings.secret.as_deref());
-                let ids: Vec<String> = members
+                let by_id = pool_states
                     .iter()
-                    .map(|m| secret.endpoint_id(name, m.state.address()))
-                    .collect();
-                let by_id = inputs
-                    .endpoints
-                    .of_pool(name)
-                    .into_iter()
-                    .map(|s| (secret.endpoint_id(name, s.address()), s))
+                    .map(|s| (secret.endpoint_id(name, s.address()), s.clone()))
                     .collect();
                 StickyRuntime {
                     settings: settings.clone(),
                     secret,
-                    ids,
                     by_id,
                 }
             });

@@ -33,6 +33,9 @@ pub struct ObservationLine {
     /// 95th percentile latency in seconds.
     #[serde(default)]
     pub p95_seconds: Option<f64>,
+    /// Some balancer replicas did not answer (no scale-down this tick).
+    #[serde(default)]
+    pub partial: bool,
 }
 
 impl ObservationLine {
@@ -48,6 +51,7 @@ impl ObservationLine {
                 .p95_seconds
                 .filter(|s| s.is_finite() && *s >= 0.0)
                 .map(Duration::from_secs_f64),
+            partial: self.partial,
         }
     }
 }

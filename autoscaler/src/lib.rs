@@ -4,7 +4,14 @@
 //! [`policy::Policy`], the observations so far and the time; the controller,
 //! the local-process scaler and the simulator all call the same function.
 
+pub mod controller;
+pub mod crd;
 pub mod decide;
 pub mod filter;
+pub mod lease;
+pub mod local;
 pub mod policy;
+pub mod runner;
 pub mod scrape;
+pub mod source;
+pub mod telemetry;

@@ -290,6 +290,12 @@ async fn a_burst_beyond_the_queue_gets_503_with_retry_after() {
     }
     assert_eq!(rejected(&tb, "full").await, 14.0);
     assert_eq!(queue_depth(&tb).await, 4.0);
+    // The two admitted requests may still be connecting when the refusals
+    // come back; wait for them, then make sure no third one follows.
+    eventually(Duration::from_secs(10), || async { gate.started() >= 2 })
+        .await
+        .expect("the two admitted requests never reached the backends");
+    tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(
         gate.started(),
         2,

@@ -39,6 +39,9 @@ pub struct Observation {
     pub requests_per_second: Option<f64>,
     /// 95th percentile latency.
     pub p95: Option<Duration>,
+    /// Some balancer replicas did not answer: the demand may be higher
+    /// than seen, so this tick may raise the replicas but not lower them.
+    pub partial: bool,
 }
 
 /// Stable or panic mode.
@@ -236,6 +239,11 @@ pub fn decide(
     {
         desired = current;
         reason = format!("{reason}; held: less than one stable window of data");
+    }
+
+    if desired < current && obs.partial {
+        desired = current;
+        reason = format!("{reason}; held: not every balancer answered, no scale-down");
     }
 
     if let Some((f, name)) = floor

@@ -28,6 +28,7 @@ fn obs(replicas: u32, in_flight: f64) -> Observation {
         queued: Some(0.0),
         requests_per_second: Some(0.0),
         p95: None,
+        partial: false,
     }
 }
 
@@ -340,4 +341,24 @@ fn queued_requests_count_as_demand() {
     o.queued = Some(160.0);
     let d = decide(&p, &o, &mut History::default(), at(0));
     assert_eq!(d.desired, 20, "{}", d.reason);
+}
+
+#[test]
+fn partial_metrics_may_raise_but_never_lower() {
+    let p = policy("");
+    let mut h = History::default();
+    for s in 0..70 {
+        decide(&p, &obs(4, 40.0), &mut h, at(s));
+    }
+    let mut o = obs(4, 5.0);
+    o.partial = true;
+    for s in 70..500 {
+        let d = decide(&p, &o, &mut h, at(s));
+        assert_eq!(d.desired, 4, "at {s}: {}", d.reason);
+    }
+    let d = decide(&p, &o, &mut h, at(500));
+    assert!(d.reason.contains("no scale-down"), "{}", d.reason);
+    o.in_flight = Some(400.0);
+    let d = decide(&p, &o, &mut h, at(501));
+    assert!(d.desired > 4, "{}", d.reason);
 }

@@ -38,6 +38,55 @@ pub struct Policy {
     pub schedules: Vec<Schedule>,
     /// Relative change ignored (0.1 = 10%).
     pub tolerance: f64,
+    /// Where the balancers' metrics are read.
+    pub metrics: MetricsSource,
+}
+
+/// Where and how often the balancers' metrics are read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsSource {
+    /// The replicas (or the Prometheus server) to ask.
+    pub kind: SourceKind,
+    /// Time between readings.
+    pub interval: Duration,
+    /// Without a successful reading for this long, hold the replicas.
+    pub stale_after: Duration,
+    /// Per-request timeout.
+    pub timeout: Duration,
+}
+
+/// The label selector Usher's Helm chart puts on balancer pods.
+pub const DEFAULT_BALANCER_SELECTOR: [(&str, &str); 2] = [
+    ("app.kubernetes.io/name", "usher"),
+    ("app.kubernetes.io/component", "balancer"),
+];
+
+/// The balancer's default admin port.
+pub const DEFAULT_ADMIN_PORT: u16 = 9901;
+
+/// The replicas a policy reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceKind {
+    /// Ready pods matching a label selector, scraped directly.
+    Pods {
+        /// `matchLabels`.
+        selector: std::collections::BTreeMap<String, String>,
+        /// Namespace of the pods (`None`: the policy's).
+        namespace: Option<String>,
+        /// Admin port.
+        port: u16,
+        /// Metrics path.
+        path: String,
+    },
+    /// Fixed URLs.
+    Urls(Vec<String>),
+    /// A Prometheus server's HTTP API.
+    Prometheus {
+        /// Base URL.
+        url: String,
+        /// Extra label matchers for every query.
+        matchers: Option<String>,
+    },
 }
 
 /// The object a policy scales.

@@ -1,10 +1,16 @@
 //! ScalingPolicy documents as written by SREs: serde structs that mirror the
 //! YAML (and the CRD) exactly, denying unknown fields.
 
+use std::collections::BTreeMap;
+
+use kube::CustomResource;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::crd::ScalingPolicyStatus;
+
 /// A `ScalingPolicy` document.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawPolicyDocument {
     /// Must be `usher.dev/v1alpha1`.
@@ -18,7 +24,7 @@ pub struct RawPolicyDocument {
 }
 
 /// Object metadata (the parts a policy uses).
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RawMetadata {
     /// Policy name.
@@ -28,8 +34,25 @@ pub struct RawMetadata {
     pub namespace: Option<String>,
 }
 
-/// `spec` of a ScalingPolicy.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+/// `spec` of a ScalingPolicy. The same struct is the CRD's spec, so files
+/// and `kubectl apply` share one schema.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, CustomResource)]
+#[kube(
+    group = "usher.dev",
+    version = "v1alpha1",
+    kind = "ScalingPolicy",
+    namespaced,
+    status = "ScalingPolicyStatus",
+    shortname = "sp",
+    category = "usher",
+    printcolumn = r#"{"name":"Target","type":"string","jsonPath":".spec.scaleTargetRef.name"}"#,
+    printcolumn = r#"{"name":"Min","type":"integer","jsonPath":".spec.minReplicas"}"#,
+    printcolumn = r#"{"name":"Max","type":"integer","jsonPath":".spec.maxReplicas"}"#,
+    printcolumn = r#"{"name":"Current","type":"integer","jsonPath":".status.currentReplicas"}"#,
+    printcolumn = r#"{"name":"Desired","type":"integer","jsonPath":".status.desiredReplicas"}"#,
+    printcolumn = r#"{"name":"Mode","type":"string","jsonPath":".status.mode"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawSpec {
     /// The Deployment to scale.
@@ -54,10 +77,66 @@ pub struct RawSpec {
     /// Relative change ignored to avoid flapping (0.1 = 10%).
     #[serde(default)]
     pub tolerance: Option<f64>,
+    /// Where the balancer replicas' metrics are read.
+    #[serde(default)]
+    pub metrics_source: Option<RawMetricsSource>,
+}
+
+/// `metricsSource`: exactly one of `pods`, `urls` or `prometheus`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawMetricsSource {
+    /// Balancer pods found through the Pods API (ready pods only).
+    #[serde(default)]
+    pub pods: Option<RawPodsSource>,
+    /// Fixed `/metrics` URLs of balancer replicas (outside Kubernetes).
+    #[serde(default)]
+    pub urls: Option<Vec<String>>,
+    /// A Prometheus server's HTTP API instead of scraping the balancers.
+    #[serde(default)]
+    pub prometheus: Option<RawPrometheusSource>,
+    /// How often to read, e.g. `1s`.
+    #[serde(default)]
+    pub interval: Option<String>,
+    /// Hold the replicas when no reading succeeded for this long, e.g. `5s`.
+    #[serde(default)]
+    pub stale_after: Option<String>,
+    /// Give up on one replica's scrape after this long, e.g. `800ms`.
+    #[serde(default)]
+    pub timeout: Option<String>,
+}
+
+/// `metricsSource.pods`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawPodsSource {
+    /// Label selector (`matchLabels`) of the balancer pods.
+    #[serde(default)]
+    pub selector: Option<BTreeMap<String, String>>,
+    /// Namespace of the balancer pods; the policy's own when absent.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// The balancer's admin port.
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// Metrics path, `/metrics` when absent.
+    #[serde(default)]
+    pub path: Option<String>,
+}
+
+/// `metricsSource.prometheus`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawPrometheusSource {
+    /// Base URL of the Prometheus server, e.g. `http://prometheus:9090`.
+    pub url: String,
+    /// Extra label matchers added to every query, e.g. `namespace="lms"`.
+    #[serde(default)]
+    pub matchers: Option<String>,
 }
 
 /// `scaleTargetRef`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawTargetRef {
     /// `apps/v1` when absent.
@@ -70,7 +149,7 @@ pub struct RawTargetRef {
 }
 
 /// The per-pod target: exactly one field.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawTarget {
     /// Requests in flight plus queued, per ready pod.
@@ -85,7 +164,7 @@ pub struct RawTarget {
 }
 
 /// A latency objective.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawLatency {
     /// The 95th percentile to stay under, e.g. `300ms`.
@@ -93,7 +172,7 @@ pub struct RawLatency {
 }
 
 /// Surge detection (Knative KPA's panic mode).
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawSurge {
     /// Short window whose average triggers panic.
@@ -108,7 +187,7 @@ pub struct RawSurge {
 }
 
 /// HPA v2 `behavior`.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawBehavior {
     /// Rules for scaling up.
@@ -120,7 +199,7 @@ pub struct RawBehavior {
 }
 
 /// HPA v2 `HPAScalingRules`.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawRules {
     /// Seconds of past recommendations considered.
@@ -135,7 +214,7 @@ pub struct RawRules {
 }
 
 /// HPA v2 `HPAScalingPolicy`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawRatePolicy {
     /// `Pods` or `Percent`.
@@ -148,7 +227,7 @@ pub struct RawRatePolicy {
 }
 
 /// A pre-warm floor.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawSchedule {
     /// Name used in reasons and events.

@@ -3,10 +3,12 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use super::raw::{RawBehavior, RawPolicyDocument, RawRules, RawSchedule, RawSurge, RawTarget};
+use super::raw::{
+    RawBehavior, RawMetricsSource, RawPolicyDocument, RawRules, RawSchedule, RawSurge, RawTarget,
+};
 use super::{
-    Behavior, Policy, PolicyError, RateKind, RatePolicy, Rules, Schedule, Select, Surge, Target,
-    TargetRef,
+    Behavior, DEFAULT_ADMIN_PORT, DEFAULT_BALANCER_SELECTOR, MetricsSource, Policy, PolicyError,
+    RateKind, RatePolicy, Rules, Schedule, Select, SourceKind, Surge, Target, TargetRef,
 };
 
 type Result<T> = std::result::Result<T, PolicyError>;
@@ -98,6 +100,7 @@ pub fn validate(doc: RawPolicyDocument) -> Result<Policy> {
             format!("{tolerance} is out of range; use 0 to 0.99 (0.1 = 10%)"),
         ));
     }
+    let metrics = metrics_source(spec.metrics_source.unwrap_or_default())?;
     Ok(Policy {
         name: doc.metadata.name,
         namespace: doc.metadata.namespace,
@@ -110,7 +113,117 @@ pub fn validate(doc: RawPolicyDocument) -> Result<Policy> {
         behavior,
         schedules,
         tolerance,
+        metrics,
     })
+}
+
+fn metrics_source(raw: RawMetricsSource) -> Result<MetricsSource> {
+    let field = "spec.metricsSource";
+    let given = [
+        raw.pods.is_some(),
+        raw.urls.is_some(),
+        raw.prometheus.is_some(),
+    ]
+    .iter()
+    .filter(|b| **b)
+    .count();
+    if given > 1 {
+        return Err(PolicyError::new(
+            field,
+            "give only one of `pods`, `urls` and `prometheus`",
+        ));
+    }
+    let kind = if let Some(urls) = raw.urls {
+        if urls.is_empty() {
+            return Err(PolicyError::new(
+                format!("{field}.urls"),
+                "list at least one balancer `/metrics` URL",
+            ));
+        }
+        for (i, u) in urls.iter().enumerate() {
+            http_url(u, &format!("{field}.urls[{i}]"))?;
+        }
+        SourceKind::Urls(urls)
+    } else if let Some(p) = raw.prometheus {
+        http_url(&p.url, &format!("{field}.prometheus.url"))?;
+        SourceKind::Prometheus {
+            url: p.url.trim_end_matches('/').to_string(),
+            matchers: p.matchers.filter(|m| !m.trim().is_empty()),
+        }
+    } else {
+        let pods = raw.pods.unwrap_or_default();
+        let selector = pods.selector.unwrap_or_else(|| {
+            DEFAULT_BALANCER_SELECTOR
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        });
+        if selector.is_empty() {
+            return Err(PolicyError::new(
+                format!("{field}.pods.selector"),
+                "an empty selector would match every pod; name the balancer pods' labels",
+            ));
+        }
+        let path = pods.path.unwrap_or_else(|| "/metrics".to_string());
+        if !path.starts_with('/') {
+            return Err(PolicyError::new(
+                format!("{field}.pods.path"),
+                format!("`{path}` must start with `/`"),
+            ));
+        }
+        let port = pods.port.unwrap_or(DEFAULT_ADMIN_PORT);
+        if port == 0 {
+            return Err(PolicyError::new(
+                format!("{field}.pods.port"),
+                "0 is not a port; give the balancer's admin port",
+            ));
+        }
+        SourceKind::Pods {
+            selector,
+            namespace: pods.namespace,
+            port,
+            path,
+        }
+    };
+    let interval = optional_duration(raw.interval, &format!("{field}.interval"))?
+        .unwrap_or(Duration::from_secs(1));
+    if interval < Duration::from_millis(100) {
+        return Err(PolicyError::new(
+            format!("{field}.interval"),
+            "must be at least 100ms",
+        ));
+    }
+    let stale_after = optional_duration(raw.stale_after, &format!("{field}.staleAfter"))?
+        .unwrap_or((interval * 5).max(Duration::from_secs(5)));
+    if stale_after < interval {
+        return Err(PolicyError::new(
+            format!("{field}.staleAfter"),
+            "must be at least the interval",
+        ));
+    }
+    let timeout = optional_duration(raw.timeout, &format!("{field}.timeout"))?
+        .unwrap_or_else(|| (interval * 4 / 5).min(Duration::from_secs(5)));
+    Ok(MetricsSource {
+        kind,
+        interval,
+        stale_after,
+        timeout,
+    })
+}
+
+fn http_url(u: &str, field: &str) -> Result<()> {
+    match u.parse::<http::Uri>() {
+        Ok(uri) if uri.scheme_str() == Some("http") && uri.authority().is_some() => Ok(()),
+        Ok(_) => Err(PolicyError::new(
+            field,
+            format!("`{u}` is not an http:// URL with a host"),
+        )),
+        Err(e) => Err(PolicyError::new(field, format!("`{u}` is not a URL: {e}"))),
+    }
+}
+
+fn optional_duration(raw: Option<String>, field: &str) -> Result<Option<Duration>> {
+    raw.map(|d| duration(&d, field)).transpose()
 }
 
 fn dns_name(s: &str) -> bool {

@@ -29,10 +29,27 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
+# A real Kubernetes control plane for autoscaler/tests/k8s_*.rs: etcd (Debian)
+# and kube-apiserver + kube-controller-manager 1.20.2 built once from Debian's
+# source package and cached in ~/.cache/usher/k8s. The build runs beside the
+# Rust build; the tests wait for it.
+k8s_log="${CARGO_TARGET_DIR%/*}/k8s-build.log"
+mkdir -p "$(dirname "$k8s_log")"
+bash tests/k8s/build.sh >"$k8s_log" 2>&1 &
+k8s_build=$!
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo test --no-run"
+cargo test --workspace --locked --no-run
+echo "== Kubernetes test binaries (tests/k8s/build.sh, log: $k8s_log)"
+if ! wait "$k8s_build"; then
+  tail -n 40 "$k8s_log" >&2
+  echo "error: building the Kubernetes test binaries failed; see $k8s_log" >&2
+  exit 1
+fi
 echo "== cargo test"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

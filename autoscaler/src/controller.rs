@@ -176,7 +176,7 @@ impl Context {
     }
 
     /// The ready balancer pods' metrics URLs (through a watch per selector).
-    fn pod_urls(
+    async fn pod_urls(
         &self,
         namespace: &str,
         selector: &BTreeMap<String, String>,
@@ -209,6 +209,15 @@ impl Context {
                 })
                 .clone()
         };
+        // The first list may still be in flight: wait for it, bounded.
+        if tokio::time::timeout(Duration::from_secs(2), store.wait_until_ready())
+            .await
+            .is_err()
+        {
+            return Err(format!(
+                "the balancer pods in namespace {namespace} could not be listed yet"
+            ));
+        }
         let urls: Vec<String> = store
             .state()
             .iter()
@@ -277,12 +286,15 @@ impl Context {
                 namespace: pods_ns,
                 port,
                 path,
-            } => self.pod_urls(
-                pods_ns.as_deref().unwrap_or(&namespace),
-                selector,
-                *port,
-                path,
-            ),
+            } => {
+                self.pod_urls(
+                    pods_ns.as_deref().unwrap_or(&namespace),
+                    selector,
+                    *port,
+                    path,
+                )
+                .await
+            }
             SourceKind::Urls(urls) => Ok(urls.clone()),
             SourceKind::Prometheus { .. } => Ok(Vec::new()),
         };
@@ -670,5 +682,183 @@ pub async fn run_files(ctx: Arc<Context>, dir: PathBuf, mut shutdown: watch::Rec
             _ = tokio::time::sleep_until(sleep_until.max(now + Duration::from_millis(50)).into()) => {}
             _ = shutdown.wait_for(|s| *s) => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Error handling against kube's tower-test mock: the API answers what
+    //! the test says, so failures can be injected exactly.
+
+    use http::{Request, Response};
+    use kube::client::Body;
+
+    use super::*;
+
+    const POLICY: &str = "apiVersion: usher.dev/v1alpha1
+kind: ScalingPolicy
+metadata: {name: web, namespace: lms}
+spec:
+  scaleTargetRef: {kind: Deployment, name: moodle}
+  pool: moodle
+  minReplicas: 1
+  maxReplicas: 5
+  target: {inFlightPerPod: 10}
+  metricsSource: {urls: ['http://127.0.0.1:1/metrics'], timeout: 200ms}
+";
+
+    fn object() -> Arc<ScalingPolicy> {
+        let doc: crate::policy::raw::RawPolicyDocument = serde_saphyr::from_str(POLICY).unwrap();
+        let mut obj = ScalingPolicy::new("web", doc.spec);
+        obj.metadata.namespace = Some("lms".into());
+        obj.metadata.generation = Some(1);
+        Arc::new(obj)
+    }
+
+    fn context(client: Client) -> Arc<Context> {
+        let (tx, leader) = watch::channel(true);
+        std::mem::forget(tx);
+        Arc::new(Context::new(
+            client,
+            Settings {
+                namespace: Some("lms".into()),
+                watch_crds: true,
+                policies_dir: None,
+                dry_run: false,
+                identity: "test".into(),
+            },
+            Metrics::new(),
+            leader,
+        ))
+    }
+
+    fn json_response(code: u16, body: serde_json::Value) -> Response<Body> {
+        Response::builder()
+            .status(code)
+            .header("content-type", "application/json")
+            .body(Body::from(serde_json::to_vec(&body).unwrap()))
+            .unwrap()
+    }
+
+    fn deployment(replicas: i32) -> serde_json::Value {
+        json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "moodle", "namespace": "lms"},
+            "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": "moodle"}},
+                     "template": {"metadata": {"labels": {"app": "moodle"}}, "spec": {"containers": []}}},
+            "status": {"readyReplicas": replicas}
+        })
+    }
+
+    /// Answers `n` requests: GETs of the Deployment with `get`, status
+    /// patches with the patched object; returns the paths seen.
+    fn serve(
+        mut handle: tower_test::mock::Handle<Request<Body>, Response<Body>>,
+        n: usize,
+        get: impl Fn(usize) -> Response<Body> + Send + 'static,
+    ) -> tokio::task::JoinHandle<Vec<String>> {
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            let mut gets = 0;
+            for _ in 0..n {
+                let (req, send) = handle.next_request().await.expect("a request");
+                let line = format!("{} {}", req.method(), req.uri().path());
+                if req.method() == http::Method::GET {
+                    send.send_response(get(gets));
+                    gets += 1;
+                } else {
+                    let mut obj = serde_json::to_value(object().as_ref()).unwrap();
+                    obj["apiVersion"] = json!("usher.dev/v1alpha1");
+                    obj["kind"] = json!("ScalingPolicy");
+                    send.send_response(json_response(200, obj));
+                }
+                seen.push(line);
+            }
+            seen
+        })
+    }
+
+    #[tokio::test]
+    async fn api_errors_back_off_exponentially_and_a_success_resets_the_backoff() {
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let ctx = context(Client::new(service, "lms"));
+        let obj = object();
+        let failure = || {
+            json_response(
+                500,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                       "message": "etcdserver: request timed out", "reason": "InternalError", "code": 500}),
+            )
+        };
+        // Three failed GETs (each followed by a status write), then a good one.
+        let server = serve(handle, 8, move |i| {
+            if i < 3 {
+                failure()
+            } else {
+                json_response(200, deployment(2))
+            }
+        });
+        for expected in [1, 2, 4] {
+            let err = reconcile(obj.clone(), ctx.clone()).await.unwrap_err();
+            assert_eq!(err.metric_label(), "get_scale", "{err}");
+            assert!(err.to_string().contains("lms/moodle"), "{err}");
+            assert_eq!(
+                error_policy(obj.clone(), &err, ctx.clone()),
+                Action::requeue(Duration::from_secs(expected))
+            );
+        }
+        // The Deployment reads again; the balancer does not answer, so the
+        // replicas are held, and the loop goes back to its interval.
+        let action = reconcile(obj.clone(), ctx.clone()).await.unwrap();
+        assert_eq!(action, Action::requeue(Duration::from_secs(1)));
+        let seen = server.await.unwrap();
+        assert_eq!(
+            seen.iter()
+                .filter(|s| s.ends_with("/scalingpolicies/web/status"))
+                .count(),
+            4,
+            "{seen:?}"
+        );
+        assert!(
+            seen[0].starts_with("GET /apis/apps/v1/namespaces/lms/deployments/moodle"),
+            "{seen:?}"
+        );
+        assert!(
+            !seen.iter().any(|s| s.contains("/scale")),
+            "scaled without metrics: {seen:?}"
+        );
+        // After the success the next failure starts over at 1 s.
+        let err = Error::TargetMissing("lms/moodle".into());
+        assert_eq!(
+            error_policy(obj, &err, ctx.clone()),
+            Action::requeue(Duration::from_secs(1))
+        );
+        let text = ctx.metrics.encode();
+        assert!(
+            text.contains("usher_autoscaler_errors_total{error=\"get_scale\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("usher_autoscaler_metrics_stale{policy=\"lms/web\"} 1"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_invalid_policy_waits_for_a_change_and_says_why_in_the_status() {
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let ctx = context(Client::new(service, "lms"));
+        let mut obj = (*object()).clone();
+        obj.spec.min_replicas = 9;
+        let obj = Arc::new(obj);
+        let server = serve(handle, 1, |_| unreachable!("no GET for an invalid policy"));
+        let err = reconcile(obj.clone(), ctx.clone()).await.unwrap_err();
+        assert_eq!(err.metric_label(), "invalid_policy");
+        assert!(err.to_string().contains("spec.minReplicas"), "{err}");
+        assert_eq!(error_policy(obj, &err, ctx), Action::await_change());
+        assert_eq!(
+            server.await.unwrap(),
+            vec!["PATCH /apis/usher.dev/v1alpha1/namespaces/lms/scalingpolicies/web/status"]
+        );
     }
 }

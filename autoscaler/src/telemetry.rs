@@ -175,6 +175,14 @@ impl Metrics {
         r
     }
 
+    /// The metrics in the Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry())
+            .expect("writing to a String cannot fail");
+        out
+    }
+
     fn labels(policy: &str) -> PolicyLabels {
         PolicyLabels {
             policy: policy.to_string(),

@@ -86,6 +86,7 @@ fn observations() -> Vec<ObservationLine> {
                 queued: Some(0.0),
                 requests_per_second: Some(50.0),
                 p95_seconds: Some(0.1),
+                partial: false,
             };
             // Apply each decision, as the controller would, to shape the next line.
             replicas = decide(&policy, &line.observation(), &mut history, line.now).desired;

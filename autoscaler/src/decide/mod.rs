@@ -232,8 +232,9 @@ pub fn decide(
         }
     };
 
-    // A fresh history (a restarted autoscaler) has not seen a whole stable
-    // window: it does not scale down yet (Knative starts in panic for this).
+    // A fresh history (a restarted autoscaler, or metrics back after a gap
+    // of a whole stable window) has not seen a whole stable window: it does
+    // not scale down yet (Knative starts in panic for this).
     if desired < current
         && history.demand.span(now_ms) + Duration::from_secs(1) < surge.stable_window
     {

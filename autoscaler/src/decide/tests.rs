@@ -362,3 +362,31 @@ fn partial_metrics_may_raise_but_never_lower() {
     let d = decide(&p, &o, &mut h, at(501));
     assert!(d.desired > 4, "{}", d.reason);
 }
+
+#[test]
+fn ticks_a_few_ms_off_the_second_still_scale_down() {
+    // Real ticks are never exactly 1 s apart. Once a whole stable window has
+    // been seen, the "less than one stable window of data" hold must never
+    // fire again: a spurious hold records the current replicas as a
+    // recommendation and so restarts the scale-down stabilization window.
+    let p = policy("");
+    let mut h = History::default();
+    let mut r = 20;
+    // Up to 4 ms early or late, in a fixed pseudo-random pattern.
+    let jittered = |s: i64| at(s) + chrono::Duration::milliseconds((s * 7919) % 9 - 4);
+    let mut lowest = r;
+    for s in 0..900 {
+        let load = if s < 120 { 200.0 } else { 30.0 };
+        let d = decide(&p, &obs(r, load), &mut h, jittered(s));
+        if s >= 60 {
+            assert!(
+                !d.reason.contains("less than one stable window"),
+                "at {s}: {}",
+                d.reason
+            );
+        }
+        r = d.desired;
+        lowest = lowest.min(r);
+    }
+    assert_eq!(lowest, 3, "30 in flight at 10 per pod needs 3 pods");
+}

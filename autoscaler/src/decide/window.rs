@@ -7,16 +7,22 @@ use std::time::Duration;
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Samples {
     items: VecDeque<(i64, f64)>,
+    /// When the data began: the first sample, or the first after a gap
+    /// that left no sample within `keep`.
+    since_ms: Option<i64>,
 }
 
 impl Samples {
     /// Adds a sample and drops those older than `keep` before `now_ms`.
     pub fn push(&mut self, now_ms: i64, value: f64, keep: Duration) {
-        self.items.push_back((now_ms, value));
         let horizon = now_ms - keep.as_millis() as i64;
         while self.items.front().is_some_and(|(t, _)| *t <= horizon) {
             self.items.pop_front();
         }
+        if self.items.is_empty() {
+            self.since_ms = Some(now_ms);
+        }
+        self.items.push_back((now_ms, value));
     }
 
     /// Average of the samples in `(now_ms - window, now_ms]`, if any.
@@ -31,11 +37,13 @@ impl Samples {
         (n > 0).then(|| sum / n as f64)
     }
 
-    /// How far back the samples reach from `now_ms`.
+    /// How long the data has run without a gap as long as `keep`, up to
+    /// `now_ms`. Not bounded by `keep`: the retained samples alone never
+    /// reach back a whole `keep` (the one at the horizon is dropped), so
+    /// they cannot tell a full window from one tick short of it.
     pub fn span(&self, now_ms: i64) -> Duration {
-        self.items
-            .front()
-            .map(|(t, _)| Duration::from_millis((now_ms - t).max(0) as u64))
+        self.since_ms
+            .map(|t| Duration::from_millis((now_ms - t).max(0) as u64))
             .unwrap_or_default()
     }
 }
@@ -67,6 +75,16 @@ mod tests {
         for i in 0..20 {
             s.push(i * 1000, 1.0, keep);
         }
-        assert_eq!(s.span(19_000), Duration::from_secs(4));
+        assert_eq!(s.items.len(), 5);
+        assert_eq!(s.items.front().map(|i| i.0), Some(15_000));
+        // The data reaches back to the first sample, not just the kept ones.
+        assert_eq!(s.span(19_000), Duration::from_secs(19));
+        // A gap of a whole `keep` starts the data over.
+        s.push(30_000, 1.0, keep);
+        assert_eq!(s.items.len(), 1);
+        assert_eq!(s.span(31_000), Duration::from_secs(1));
+        // A shorter gap does not.
+        s.push(34_000, 1.0, keep);
+        assert_eq!(s.span(34_000), Duration::from_secs(4));
     }
 }

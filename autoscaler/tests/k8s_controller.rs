@@ -1,0 +1,792 @@
+//! The controller against a real kube-apiserver 1.20 (RBAC on): the CRD,
+//! scaling through `deployments/scale`, status, Events, dry-run and leader
+//! election. The `usher-autoscaler` binary runs as a ServiceAccount bound to
+//! a Role made from `charts/usher/files/autoscaler-rules.yaml`, the rules the
+//! Helm chart ships. Demand comes from a real balancer holding requests to a
+//! slow backend, found through a Ready balancer Pod's IP.
+
+#[path = "support/cluster.rs"]
+mod cluster;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper_util::client::legacy::Client as HttpClient;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, CustomResourceExt};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::process::{Child, Command};
+use tokio::sync::OnceCell;
+use usher_autoscaler::crd::ScalingPolicy;
+use usher_balancer::{Balancer, Options};
+
+use cluster::cluster;
+
+/// Polls `check` every 200 ms until it returns `Some`, or panics after
+/// `limit` with `what` and the autoscalers' logs.
+async fn wait_for<T, F, Fut>(what: &str, limit: Duration, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    wait_logged(what, limit, &[], check).await
+}
+
+async fn wait_logged<T, F, Fut>(
+    what: &str,
+    limit: Duration,
+    logs: &[&Autoscaler],
+    mut check: F,
+) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if start.elapsed() >= limit {
+            let mut out = Vec::new();
+            for a in logs {
+                out.push(a.log());
+                out.push(get_text(&a.metrics).await.unwrap_or_default());
+            }
+            let logs = out;
+            panic!(
+                "timed out after {limit:?} waiting for {what}\n{}",
+                logs.join("\n----\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Installs the CRD once per test binary and waits until it is served.
+async fn install_crd(admin: &Client) {
+    static DONE: OnceCell<()> = OnceCell::const_new();
+    DONE.get_or_init(|| async {
+        let crds: Api<CustomResourceDefinition> = Api::all(admin.clone());
+        match crds
+            .create(&PostParams::default(), &ScalingPolicy::crd())
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.is_already_exists() => {}
+            Err(e) => panic!("the apiserver refused the CRD: {e}"),
+        }
+        wait_for(
+            "the CRD to be Established",
+            Duration::from_secs(30),
+            || async {
+                let crd = crds.get("scalingpolicies.usher.dev").await.ok()?;
+                let established = crd
+                    .status?
+                    .conditions?
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True");
+                established.then_some(())
+            },
+        )
+        .await;
+    })
+    .await;
+}
+
+/// The chart's autoscaler rules.
+fn chart_rules() -> Vec<PolicyRule> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../charts/usher/files/autoscaler-rules.yaml");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// A backend that answers after `hold`.
+async fn slow_backend(hold: Duration) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |_req| async move {
+                    tokio::time::sleep(hold).await;
+                    Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(
+                        b"page",
+                    ))))
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// A balancer in front of a slow backend, with its public and admin addresses.
+struct Lb {
+    _balancer: std::sync::Arc<Balancer>,
+    _dir: tempfile::TempDir,
+    public: SocketAddr,
+    admin: SocketAddr,
+}
+
+async fn balancer() -> Lb {
+    let backend = slow_backend(Duration::from_secs(60)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("balancer.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "listeners:\n  - name: public\n    bind: \"127.0.0.1:0\"\nadmin:\n  bind: \"127.0.0.1:0\"\nroutes:\n  - pool: lms\npools:\n  lms:\n    endpoints:\n      static: [\"{backend}\"]\n    timeouts: {{response: 120s}}\n"
+        ),
+    )
+    .unwrap();
+    let b = Balancer::start(
+        &path,
+        Options {
+            watch_interval: None,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    Lb {
+        public: b.listener_addr("public").unwrap(),
+        admin: b.admin_addr().unwrap(),
+        _balancer: b,
+        _dir: dir,
+    }
+}
+
+/// Holds `n` requests open through the balancer (until the test ends).
+fn hold_requests(public: SocketAddr, n: usize) {
+    for i in 0..n {
+        tokio::spawn(async move {
+            let client: HttpClient<_, Empty<Bytes>> =
+                HttpClient::builder(TokioExecutor::new()).build_http();
+            let url = format!("http://{public}/course/view.php?id={i}");
+            let _ = tokio::time::timeout(Duration::from_secs(90), client.get(url.parse().unwrap()))
+                .await;
+        });
+    }
+}
+
+async fn get_text(url: &str) -> Option<String> {
+    let client: HttpClient<_, Empty<Bytes>> =
+        HttpClient::builder(TokioExecutor::new()).build_http();
+    let resp = tokio::time::timeout(Duration::from_secs(2), client.get(url.parse().ok()?))
+        .await
+        .ok()?
+        .ok()?;
+    let body = resp.into_body().collect().await.ok()?.to_bytes();
+    Some(String::from_utf8_lossy(&body).into_owned())
+}
+
+/// A sample's value in Prometheus text: the first line starting with `prefix`.
+fn sample(text: &str, prefix: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(prefix))?
+        .rsplit(' ')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// One test's world: a namespace with the Deployment, balancer Pods, the
+/// ServiceAccount with the chart's Role, and a kubeconfig for it.
+struct World {
+    admin: Client,
+    ns: String,
+    kubeconfig: PathBuf,
+    lb: Lb,
+    dir: tempfile::TempDir,
+}
+
+async fn world(prefix: &str) -> World {
+    let c = cluster();
+    let admin = c.admin().await;
+    install_crd(&admin).await;
+    let ns = c.namespace(&admin, prefix).await;
+
+    let role = Role {
+        metadata: kube::api::ObjectMeta {
+            name: Some("usher-autoscaler".into()),
+            ..Default::default()
+        },
+        rules: Some(chart_rules()),
+    };
+    Api::<Role>::namespaced(admin.clone(), &ns)
+        .create(&PostParams::default(), &role)
+        .await
+        .unwrap();
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "usher-autoscaler"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "usher-autoscaler"},
+        "subjects": [{"kind": "ServiceAccount", "name": "usher-autoscaler", "namespace": ns}]
+    }))
+    .unwrap();
+    Api::<RoleBinding>::namespaced(admin.clone(), &ns)
+        .create(&PostParams::default(), &binding)
+        .await
+        .unwrap();
+    let token = c
+        .service_account_token(&admin, &ns, "usher-autoscaler")
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    c.kubeconfig_for_token(&token, &ns, &kubeconfig);
+
+    let deployment: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "lms"},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": "lms"}},
+            "template": {
+                "metadata": {"labels": {"app": "lms"}},
+                "spec": {"containers": [{"name": "lms", "image": "example.invalid/lms-sim:1"}]}
+            }
+        }
+    }))
+    .unwrap();
+    Api::<Deployment>::namespaced(admin.clone(), &ns)
+        .create(&PostParams::default(), &deployment)
+        .await
+        .unwrap();
+
+    // Two balancer pods: a Ready one at the real balancer's address, and one
+    // that is not Ready (nothing listens at its IP) and must not be scraped.
+    let lb = balancer().await;
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), &ns);
+    for (name, ip, ready) in [
+        ("balancer-0", "127.0.0.1", "True"),
+        ("balancer-1", "127.0.0.2", "False"),
+    ] {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "usher", "app.kubernetes.io/component": "balancer"}},
+            "spec": {"containers": [{"name": "balancer", "image": "example.invalid/usher-balancer:1"}]}
+        }))
+        .unwrap();
+        pods.create(&PostParams::default(), &pod).await.unwrap();
+        pods.patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {
+                "phase": "Running",
+                "podIP": ip,
+                "podIPs": [{"ip": ip}],
+                "conditions": [{"type": "Ready", "status": ready}]
+            }})),
+        )
+        .await
+        .unwrap();
+    }
+    World {
+        admin,
+        ns,
+        kubeconfig,
+        lb,
+        dir,
+    }
+}
+
+impl World {
+    /// Creates the policy: 10 in flight per pod, 1 to 6 replicas, read from
+    /// the Ready balancer pod's admin port.
+    async fn policy(&self) {
+        let text = format!(
+            "apiVersion: usher.dev/v1alpha1
+kind: ScalingPolicy
+metadata:
+  name: lms
+  namespace: {ns}
+spec:
+  scaleTargetRef: {{kind: Deployment, name: lms}}
+  pool: lms
+  minReplicas: 1
+  maxReplicas: 6
+  target: {{inFlightPerPod: 10}}
+  surge: {{stableWindow: 10s, panicWindow: 2s}}
+  metricsSource:
+    pods:
+      selector: {{app.kubernetes.io/name: usher, app.kubernetes.io/component: balancer}}
+      port: {port}
+",
+            ns = self.ns,
+            port = self.lb.admin.port()
+        );
+        // Valid as a file, too: one schema for both.
+        usher_autoscaler::policy::from_str(&text).unwrap();
+        let doc: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
+        let obj: ScalingPolicy = serde_json::from_value(doc).unwrap();
+        Api::<ScalingPolicy>::namespaced(self.admin.clone(), &self.ns)
+            .create(&PostParams::default(), &obj)
+            .await
+            .unwrap();
+    }
+
+    /// Starts `usher-autoscaler run` as the ServiceAccount.
+    fn autoscaler(&self, identity: &str, extra: &[&str]) -> Autoscaler {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let log = self.dir.path().join(format!("{identity}.log"));
+        let child = Command::new(env!("CARGO_BIN_EXE_usher-autoscaler"))
+            .args([
+                "run",
+                "--namespace",
+                &self.ns,
+                "--identity",
+                identity,
+                "--log-format",
+                "text",
+            ])
+            .args(["--metrics-bind", &format!("127.0.0.1:{port}")])
+            .args([
+                "--lease-duration",
+                "4s",
+                "--renew-deadline",
+                "2s",
+                "--retry-period",
+                "1s",
+            ])
+            .args(extra)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("USHER_LOG", "info,kube=warn")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        Autoscaler {
+            child,
+            metrics: format!("http://127.0.0.1:{port}/metrics"),
+            log,
+        }
+    }
+
+    async fn replicas(&self) -> i32 {
+        let d = Api::<Deployment>::namespaced(self.admin.clone(), &self.ns)
+            .get("lms")
+            .await
+            .unwrap();
+        d.spec.unwrap().replicas.unwrap()
+    }
+
+    async fn status(&self) -> Option<serde_json::Value> {
+        let p = Api::<ScalingPolicy>::namespaced(self.admin.clone(), &self.ns)
+            .get("lms")
+            .await
+            .ok()?;
+        p.status.map(|s| serde_json::to_value(s).unwrap())
+    }
+
+    async fn events(&self) -> Vec<Event> {
+        Api::<Event>::namespaced(self.admin.clone(), &self.ns)
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+    }
+
+    async fn lease_holder(&self) -> Option<String> {
+        let lease = Api::<Lease>::namespaced(self.admin.clone(), &self.ns)
+            .get_opt("usher-autoscaler")
+            .await
+            .unwrap()?;
+        lease.spec?.holder_identity.filter(|h| !h.is_empty())
+    }
+}
+
+struct Autoscaler {
+    child: Child,
+    metrics: String,
+    log: PathBuf,
+}
+
+impl Autoscaler {
+    async fn metric(&self, prefix: &str) -> Option<f64> {
+        sample(&get_text(&self.metrics).await?, prefix)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Stops the process abruptly (no lease release).
+    async fn kill(&mut self) {
+        self.child.kill().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_crd_installs_and_the_server_accepts_valid_policies_only() {
+    let c = cluster();
+    let admin = c.admin().await;
+    install_crd(&admin).await;
+    let ns = c.namespace(&admin, "crd").await;
+    let api: Api<ScalingPolicy> = Api::namespaced(admin.clone(), &ns);
+    for file in ["exam-day", "steady-weekday", "enrolment-week"] {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("../examples/policies/{file}.yaml"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut doc: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
+        doc["metadata"]["namespace"] = json!(ns);
+        let obj: ScalingPolicy = serde_json::from_value(doc).unwrap();
+        let created = api
+            .create(&PostParams::default(), &obj)
+            .await
+            .unwrap_or_else(|e| panic!("{file}: {e}"));
+        // What the server stores validates exactly like the file.
+        let back = usher_autoscaler::crd::to_policy(&created).unwrap();
+        let mut from_file = usher_autoscaler::policy::load(&path).unwrap();
+        from_file.namespace = Some(ns.clone());
+        assert_eq!(back, from_file, "{file}");
+    }
+    // The schema rejects a mistyped field.
+    let bad = json!({
+        "apiVersion": "usher.dev/v1alpha1", "kind": "ScalingPolicy",
+        "metadata": {"name": "bad", "namespace": ns},
+        "spec": {"scaleTargetRef": {"kind": "Deployment", "name": "lms"}, "pool": "lms",
+                 "minReplicas": "many", "maxReplicas": 3, "target": {"inFlightPerPod": 5}}
+    });
+    let raw: Api<DynamicObject> = Api::namespaced_with(
+        admin.clone(),
+        &ns,
+        &ApiResource::erase::<ScalingPolicy>(&()),
+    );
+    let bad: DynamicObject = serde_json::from_value(bad).unwrap();
+    match raw.create(&PostParams::default(), &bad).await {
+        Err(kube::Error::Api(s)) if s.code == 422 => {
+            assert!(s.message.contains("minReplicas"), "{}", s.message);
+        }
+        other => panic!("a string minReplicas was not rejected: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_scales_through_the_scale_subresource_writes_status_and_records_an_event() {
+    let w = world("scale").await;
+    w.policy().await;
+    let a = w.autoscaler("only", &[]);
+    // 40 requests held open at 10 per pod need 4 replicas.
+    hold_requests(w.lb.public, 40);
+    let started = Instant::now();
+    wait_logged(
+        "the Deployment to reach 4 replicas",
+        Duration::from_secs(40),
+        &[&a],
+        || async { (w.replicas().await == 4).then_some(()) },
+    )
+    .await;
+    println!("scaled to 4 in {:?}", started.elapsed());
+
+    let status = wait_for(
+        "the status to show 4 replicas",
+        Duration::from_secs(15),
+        || async {
+            let s = w.status().await?;
+            (s["currentReplicas"] == 4 && s["desiredReplicas"] == 4).then_some(s)
+        },
+    )
+    .await;
+    assert!(status["lastScaleTime"].is_string(), "{status}");
+    assert!(
+        status["lastScaleReason"].as_str().unwrap().contains("40"),
+        "{status}"
+    );
+    let condition = |t: &str| {
+        status["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == t)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {t}: {status}"))
+    };
+    assert_eq!(condition("AbleToScale")["status"], "True", "{status}");
+    assert_eq!(condition("ScalingActive")["status"], "True", "{status}");
+    assert_eq!(
+        condition("ScalingActive")["reason"],
+        "ValidMetricFound",
+        "{status}"
+    );
+    assert!(condition("ScalingLimited")["reason"].is_string());
+
+    let events = wait_for("a ScaledUp Event", Duration::from_secs(10), || async {
+        let e: Vec<Event> = w
+            .events()
+            .await
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some("ScaledUp"))
+            .collect();
+        (!e.is_empty()).then_some(e)
+    })
+    .await;
+    let e = &events[0];
+    assert_eq!(
+        e.regarding.as_ref().unwrap().kind.as_deref(),
+        Some("ScalingPolicy")
+    );
+    assert_eq!(e.regarding.as_ref().unwrap().name.as_deref(), Some("lms"));
+    assert_eq!(e.reporting_controller.as_deref(), Some("usher-autoscaler"));
+    assert!(e.note.as_deref().unwrap().contains("from 1 to 4"), "{e:?}");
+
+    // Only the Ready balancer pod was scraped: no scrape errors.
+    assert_eq!(
+        a.metric("usher_autoscaler_scrape_errors_total")
+            .await
+            .unwrap_or(0.0),
+        0.0,
+        "{}",
+        a.log()
+    );
+    assert_eq!(a.metric("usher_autoscaler_leader ").await, Some(1.0));
+    assert_eq!(
+        a.metric("usher_autoscaler_desired_replicas{").await,
+        Some(4.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_records_the_decision_and_changes_nothing() {
+    let w = world("dry").await;
+    w.policy().await;
+    let a = w.autoscaler("dry", &["--dry-run"]);
+    hold_requests(w.lb.public, 40);
+    let status = wait_for(
+        "the status to record desired 4",
+        Duration::from_secs(40),
+        || async {
+            let s = w.status().await?;
+            (s["desiredReplicas"] == 4).then_some(s)
+        },
+    )
+    .await;
+    let able = status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "AbleToScale")
+        .unwrap()
+        .clone();
+    assert_eq!(able["reason"], "DryRun", "{status}");
+    // A few more ticks: still 1 replica, no scale Event, no scale counted.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(w.replicas().await, 1);
+    assert!(
+        w.events()
+            .await
+            .iter()
+            .all(|e| e.reason.as_deref() != Some("ScaledUp"))
+    );
+    assert_eq!(a.metric("usher_autoscaler_dry_run ").await, Some(1.0));
+    assert_eq!(
+        a.metric("usher_autoscaler_desired_replicas{").await,
+        Some(4.0)
+    );
+    assert!(a.log().contains("dry-run: would scale"), "{}", a.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_elect_one_leader_and_the_other_takes_over_when_it_dies() {
+    let w = world("lease").await;
+    w.policy().await;
+    let mut a = w.autoscaler("a", &[]);
+    let mut b = w.autoscaler("b", &[]);
+    let first = wait_for("a lease holder", Duration::from_secs(20), || {
+        w.lease_holder()
+    })
+    .await;
+    // Exactly one of them says it leads.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (la, lb) = (
+        a.metric("usher_autoscaler_leader ").await,
+        b.metric("usher_autoscaler_leader ").await,
+    );
+    assert_eq!(la.unwrap() + lb.unwrap(), 1.0, "a={la:?} b={lb:?}");
+    assert_eq!(
+        w.lease_holder().await.as_deref(),
+        Some(first.as_str()),
+        "the lease changed hands while both ran"
+    );
+    let (leader, follower, follower_name) = if first == "a" {
+        (&mut a, &b, "b")
+    } else {
+        (&mut b, &a, "a")
+    };
+
+    // The leader dies without releasing the lease; the follower takes over
+    // after the 4 s lease duration and then acts.
+    leader.kill().await;
+    let killed = Instant::now();
+    let holder = wait_for(
+        "the follower to take the lease",
+        Duration::from_secs(20),
+        || async { w.lease_holder().await.filter(|h| h == follower_name) },
+    )
+    .await;
+    println!(
+        "{holder} took over {:?} after the leader died",
+        killed.elapsed()
+    );
+    hold_requests(w.lb.public, 40);
+    wait_for(
+        "the new leader to scale to 4",
+        Duration::from_secs(40),
+        || async { (w.replicas().await == 4).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        follower.metric("usher_autoscaler_leader ").await,
+        Some(1.0),
+        "{}",
+        follower.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chart_role_allows_what_the_controller_does_and_nothing_broader() {
+    let w = world("rbac").await;
+    let c = cluster();
+    let token = c
+        .service_account_token(&w.admin, &w.ns, "usher-autoscaler")
+        .await;
+    let sa = c.client_for_token(&token).await;
+    let deployments: Api<Deployment> = Api::namespaced(sa.clone(), &w.ns);
+    // Allowed: read the Deployment, patch its scale.
+    deployments.get("lms").await.unwrap();
+    deployments
+        .patch_scale(
+            "lms",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 2}})),
+        )
+        .await
+        .unwrap();
+    // Refused: anything else about Deployments, Pods or Secrets.
+    let forbidden = |r: Result<(), kube::Error>, what: &str| match r {
+        Err(kube::Error::Api(s)) if s.code == 403 => {}
+        other => panic!("{what} was not forbidden: {other:?}"),
+    };
+    forbidden(
+        deployments
+            .patch(
+                "lms",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"paused": true}})),
+            )
+            .await
+            .map(|_| ()),
+        "patching a Deployment",
+    );
+    forbidden(
+        deployments
+            .delete("lms", &Default::default())
+            .await
+            .map(|_| ()),
+        "deleting a Deployment",
+    );
+    forbidden(
+        Api::<Pod>::namespaced(sa.clone(), &w.ns)
+            .delete("balancer-0", &Default::default())
+            .await
+            .map(|_| ()),
+        "deleting a Pod",
+    );
+    forbidden(
+        Api::<k8s_openapi::api::core::v1::Secret>::namespaced(sa.clone(), &w.ns)
+            .list(&ListParams::default())
+            .await
+            .map(|_| ()),
+        "listing Secrets",
+    );
+    forbidden(
+        Api::<Deployment>::namespaced(sa.clone(), "default")
+            .get("lms")
+            .await
+            .map(|_| ()),
+        "reading another namespace",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_files_scale_without_any_crd_rights() {
+    let w = world("files").await;
+    // The same Role minus every usher.dev rule: no CRD, no status.
+    let rules: Vec<PolicyRule> = chart_rules()
+        .into_iter()
+        .filter(|r| !r.api_groups.iter().flatten().any(|g| g == "usher.dev"))
+        .collect();
+    let roles: Api<Role> = Api::namespaced(w.admin.clone(), &w.ns);
+    roles
+        .patch(
+            "usher-autoscaler",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"rules": rules})),
+        )
+        .await
+        .unwrap();
+    let dir = w.dir.path().join("policies");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(
+        dir.join("lms.yaml"),
+        format!(
+            "apiVersion: usher.dev/v1alpha1
+kind: ScalingPolicy
+metadata: {{name: lms-file}}
+spec:
+  scaleTargetRef: {{kind: Deployment, name: lms}}
+  pool: lms
+  minReplicas: 1
+  maxReplicas: 6
+  target: {{inFlightPerPod: 10}}
+  metricsSource: {{urls: ['http://{}/metrics']}}
+",
+            w.lb.admin
+        ),
+    )
+    .unwrap();
+    let a = w.autoscaler("files", &["--no-crd", "--policies", dir.to_str().unwrap()]);
+    hold_requests(w.lb.public, 30);
+    wait_logged(
+        "the Deployment to reach 3 replicas",
+        Duration::from_secs(40),
+        &[&a],
+        || async { (w.replicas().await == 3).then_some(()) },
+    )
+    .await;
+    // The Event regards the Deployment (there is no policy object).
+    let e = wait_for("a ScaledUp Event", Duration::from_secs(10), || async {
+        w.events()
+            .await
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("ScaledUp"))
+    })
+    .await;
+    let regarding = e.regarding.unwrap();
+    assert_eq!(
+        (regarding.kind.as_deref(), regarding.name.as_deref()),
+        (Some("Deployment"), Some("lms"))
+    );
+    assert!(!a.log().contains("forbidden"), "{}", a.log());
+}

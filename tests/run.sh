@@ -20,11 +20,13 @@ missing=()
 need curl || missing+=(curl)
 # dnsmasq serves the DNS discovery test (balancer/tests/discovery.rs).
 [ -x /usr/sbin/dnsmasq ] || need dnsmasq || missing+=(dnsmasq-base)
+# Prometheus serves the autoscaler's metricsSource.prometheus test.
+need prometheus || missing+=(prometheus)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && apt-get install -y -qq "${missing[@]}"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
   else
-    sudo apt-get update -qq && sudo apt-get install -y -qq "${missing[@]}"
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
   fi
 fi
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt clippy >/dev/null 2>&1 || true

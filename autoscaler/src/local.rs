@@ -103,6 +103,11 @@ impl LocalTarget {
         }
     }
 
+    /// Whether a copy is starting or draining (worth polling soon).
+    pub fn changing(&self) -> bool {
+        self.copies.iter().any(|c| c.state != State::Ready)
+    }
+
     /// The ports of the ready copies, in start order.
     pub fn ready_ports(&self) -> Vec<u16> {
         self.copies
@@ -346,9 +351,20 @@ pub async fn run(
     let interval = policy.metrics.interval;
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Copies starting or draining are looked at every 100 ms, so a ready
+    // copy joins the balancer (and a drained one stops) without waiting for
+    // the next decision tick.
+    let mut housekeeping = tokio::time::interval(Duration::from_millis(100));
+    housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
+            _ = housekeeping.tick(), if target.changing() => {
+                if let Err(e) = target.poll().await {
+                    tracing::error!(error = %e, "managing local copies failed");
+                }
+                continue;
+            }
             _ = shutdown.wait_for(|s| *s) => break,
         }
         let started = std::time::Instant::now();

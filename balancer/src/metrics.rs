@@ -326,7 +326,8 @@ pub fn encode(registry: &Registry) -> String {
     out
 }
 
-/// Reads live endpoint state at scrape time.
+/// Reads live endpoint state at scrape time. Its descriptor names have no
+/// `usher_balancer_` prefix: the registry adds it to collectors too.
 #[derive(Debug)]
 pub struct LiveCollector {
     endpoints: Arc<Endpoints>,
@@ -354,7 +355,7 @@ impl Collector for LiveCollector {
 
         {
             let mut e = encoder.encode_descriptor(
-                "usher_balancer_in_flight_requests",
+                "in_flight_requests",
                 "Requests and upgraded connections in flight to an endpoint",
                 None,
                 prometheus_client::metrics::MetricType::Gauge,
@@ -387,7 +388,7 @@ impl Collector for LiveCollector {
 
         {
             let mut e2 = encoder.encode_descriptor(
-                "usher_balancer_pool_in_flight_requests",
+                "pool_in_flight_requests",
                 "Requests and upgraded connections in flight to a pool",
                 None,
                 prometheus_client::metrics::MetricType::Gauge,
@@ -401,7 +402,7 @@ impl Collector for LiveCollector {
 
         {
             let mut e3 = encoder.encode_descriptor(
-                "usher_balancer_endpoint_state",
+                "endpoint_state",
                 "1 for the endpoint's current state: healthy, unhealthy, ejected or draining",
                 None,
                 prometheus_client::metrics::MetricType::Gauge,
@@ -420,7 +421,7 @@ impl Collector for LiveCollector {
         }
 
         let mut e4 = encoder.encode_descriptor(
-            "usher_balancer_pool_endpoints",
+            "pool_endpoints",
             "Endpoints of a pool by state",
             None,
             prometheus_client::metrics::MetricType::Gauge,
@@ -435,5 +436,27 @@ impl Collector for LiveCollector {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn live_gauges_carry_the_prefix_once() {
+        let metrics = Metrics::default();
+        let endpoints = Arc::new(Endpoints::new(metrics.clone()));
+        endpoints.get_or_create("web", "127.0.0.1:9001", None, true);
+        let text = encode(&metrics.registry(endpoints));
+        for name in [
+            "usher_balancer_in_flight_requests{",
+            "usher_balancer_pool_in_flight_requests{",
+            "usher_balancer_endpoint_state{",
+            "usher_balancer_pool_endpoints{",
+        ] {
+            assert!(text.lines().any(|l| l.starts_with(name)), "{name}\n{text}");
+        }
+        assert!(!text.contains("usher_balancer_usher_balancer_"), "{text}");
     }
 }

@@ -96,6 +96,7 @@ pub struct Settings {
 struct PolicyLoop {
     runner: Runner,
     reader: Reader,
+    backfilled_at: Option<Instant>,
 }
 
 type Loops = Mutex<HashMap<String, Arc<tokio::sync::Mutex<PolicyLoop>>>>;
@@ -158,6 +159,7 @@ impl Context {
                 Arc::new(tokio::sync::Mutex::new(PolicyLoop {
                     runner: Runner::new(policy.clone()),
                     reader: Reader::for_policy(policy),
+                    backfilled_at: None,
                 }))
             })
             .clone()
@@ -299,6 +301,7 @@ impl Context {
             SourceKind::Prometheus { .. } => Ok(Vec::new()),
         };
         let now = Utc::now();
+        backfill(&mut state, policy, now).await;
         let outcome = state.reader.read(urls, policy.metrics.timeout, now).await;
         if !outcome.errors.is_empty() {
             self.metrics.scrape_errors(key, outcome.errors.len());
@@ -353,6 +356,45 @@ impl Context {
             }
         }
         Ok((step, replicas))
+    }
+}
+
+/// How often predictive history is re-read from Prometheus (AWS predictive
+/// scaling refreshes its forecast every 6 hours).
+const BACKFILL_EVERY: Duration = Duration::from_secs(6 * 3600);
+
+/// Loads past demand from `predictive.prometheusUrl` when due.
+async fn backfill(state: &mut PolicyLoop, policy: &Policy, now: DateTime<Utc>) {
+    let Some(p) = &policy.predictive else { return };
+    let Some(url) = &p.prometheus_url else { return };
+    if state
+        .backfilled_at
+        .is_some_and(|t| t.elapsed() < BACKFILL_EVERY)
+    {
+        return;
+    }
+    state.backfilled_at = Some(Instant::now());
+    let matchers = match &policy.metrics.kind {
+        SourceKind::Prometheus { matchers, .. } => matchers.as_deref(),
+        _ => None,
+    };
+    let Some(query) = crate::source::demand_query(policy, matchers) else {
+        return;
+    };
+    let keep = crate::decide::forecast::retention(p.weeks, p.lead_time);
+    let start = now - chrono::Duration::from_std(keep).unwrap_or_default();
+    match crate::source::query_range_minutes(url, &query, start, now, Duration::from_secs(10)).await
+    {
+        Ok(points) => {
+            let history = state.runner.demand_history_mut();
+            for (t, v) in &points {
+                history.insert_minute(*t, *v);
+            }
+            tracing::info!(policy = %policy.name, minutes = points.len(), "loaded predictive history from Prometheus");
+        }
+        Err(e) => {
+            tracing::warn!(policy = %policy.name, error = %e, "could not load predictive history; retrying in 6 h")
+        }
     }
 }
 
@@ -491,6 +533,7 @@ fn status_for(
             status.ready_replicas = Some(replicas.ready);
             status.desired_replicas = Some(step.decision.desired);
             status.mode = Some(step.decision.mode.as_str().to_string());
+            status.forecast_replicas = step.decision.forecast;
             let state = ctx.loops.lock().expect("loops lock").get(key).cloned();
             if let Some(state) = state
                 && let Ok(state) = state.try_lock()

@@ -28,6 +28,10 @@ pub struct ScalingPolicyStatus {
     /// `stable` or `panic`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<String>,
+    /// Replicas the predictive forecast asks for (recorded in forecastOnly
+    /// mode too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forecast_replicas: Option<u32>,
     /// When the controller last changed the replicas (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_scale_time: Option<String>,

@@ -36,6 +36,9 @@ pub struct ObservationLine {
     /// Some balancer replicas did not answer (no scale-down this tick).
     #[serde(default)]
     pub partial: bool,
+    /// Forecast peak demand over the predictive lead time.
+    #[serde(default)]
+    pub forecast: Option<f64>,
 }
 
 impl ObservationLine {
@@ -52,6 +55,7 @@ impl ObservationLine {
                 .filter(|s| s.is_finite() && *s >= 0.0)
                 .map(Duration::from_secs_f64),
             partial: self.partial,
+            forecast: self.forecast,
         }
     }
 }
@@ -72,6 +76,9 @@ pub struct DecisionLine {
     pub limited: bool,
     /// Metrics were missing.
     pub metrics_missing: bool,
+    /// Replicas the predictive forecast asks for, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forecast: Option<u32>,
 }
 
 impl DecisionLine {
@@ -84,6 +91,7 @@ impl DecisionLine {
             reason: d.reason.clone(),
             limited: d.limited,
             metrics_missing: d.metrics_missing,
+            forecast: d.forecast,
         }
     }
 }

@@ -42,6 +42,9 @@ pub struct LocalSettings {
     pub initial: Option<u32>,
     /// Compute and log, never start or stop copies beyond the initial ones.
     pub dry_run: bool,
+    /// Where predictive history is kept across restarts (CSV of minute
+    /// start and average demand), if the policy is predictive.
+    pub history_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -338,6 +341,7 @@ pub async fn run(
     let urls = urls_of(&policy)?;
     let key = format!("local/{}", policy.name);
     let dry_run = settings.dry_run;
+    let history_file = settings.history_file.clone();
     metrics.set_dry_run(dry_run);
     metrics.set_leader(true);
     let initial = settings.initial.unwrap_or(policy.min_replicas);
@@ -347,6 +351,18 @@ pub async fn run(
         .await
         .map_err(|e| format!("starting the first copies: {e}"))?;
     let mut runner = Runner::new(policy.clone());
+    let history_file = settings_history(&policy, &history_file);
+    if let Some(path) = &history_file {
+        match load_history(path, runner.demand_history_mut()) {
+            Ok(n) => {
+                tracing::info!(path = %path.display(), minutes = n, "loaded predictive history")
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "no predictive history loaded")
+            }
+        }
+    }
+    let mut saved_at = Instant::now();
     let mut reader = Reader::for_policy(&policy);
     let interval = policy.metrics.interval;
     let mut ticker = tokio::time::interval(interval);
@@ -398,7 +414,110 @@ pub async fn run(
             }
         }
         on_tick(&step, target.replicas());
+        if let Some(path) = &history_file
+            && saved_at.elapsed() >= Duration::from_secs(60)
+        {
+            saved_at = Instant::now();
+            if let Err(e) = save_history(path, runner.demand_history()) {
+                tracing::warn!(path = %path.display(), error = %e, "could not save predictive history");
+            }
+        }
+    }
+    if let Some(path) = &history_file
+        && let Err(e) = save_history(path, runner.demand_history())
+    {
+        tracing::warn!(path = %path.display(), error = %e, "could not save predictive history");
     }
     target.shutdown().await;
     Ok(())
+}
+
+fn settings_history(policy: &Policy, file: &Option<PathBuf>) -> Option<PathBuf> {
+    policy.predictive.as_ref().and(file.clone())
+}
+
+/// Reads a history file (`minute,demand` CSV with an RFC 3339 minute) into
+/// `history`; returns the minutes read. A missing file is an empty history.
+pub fn load_history(
+    path: &Path,
+    history: &mut crate::decide::forecast::DemandHistory,
+) -> Result<usize, String> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e.to_string()),
+    };
+    let mut n = 0;
+    for (i, line) in text.lines().enumerate().skip(1) {
+        let (t, v) = line
+            .split_once(',')
+            .ok_or_else(|| format!("line {}: expected `minute,demand`", i + 1))?;
+        let t =
+            chrono::DateTime::parse_from_rfc3339(t).map_err(|e| format!("line {}: {e}", i + 1))?;
+        let v: f64 = v
+            .trim()
+            .parse()
+            .map_err(|e| format!("line {}: {e}", i + 1))?;
+        history.insert_minute(t.with_timezone(&chrono::Utc), v);
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Writes `history` to `path` atomically, as `load_history` reads it.
+pub fn save_history(
+    path: &Path,
+    history: &crate::decide::forecast::DemandHistory,
+) -> std::io::Result<()> {
+    let mut text = String::from("minute,demand\n");
+    for (t, v) in history.averages() {
+        text.push_str(&format!(
+            "{},{v:.3}\n",
+            t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        ));
+    }
+    write_atomically(path, &text)
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+    use crate::decide::forecast::DemandHistory;
+
+    #[test]
+    fn history_files_round_trip_and_bad_lines_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("history.csv");
+        let mut empty = DemandHistory::default();
+        assert_eq!(
+            load_history(&path, &mut empty),
+            Ok(0),
+            "a missing file is empty"
+        );
+        let mut h = DemandHistory::default();
+        let t = chrono::Utc.with_ymd_and_hms(2026, 11, 30, 9, 0, 0).unwrap();
+        for m in 0..5 {
+            h.insert_minute(t + chrono::Duration::minutes(m), 10.0 * m as f64);
+        }
+        save_history(&path, &h).unwrap();
+        let mut back = DemandHistory::default();
+        assert_eq!(load_history(&path, &mut back), Ok(5));
+        assert_eq!(back, h);
+        std::fs::write(&path, "minute,demand\n2026-11-30T09:00:00Z,1\nnonsense\n").unwrap();
+        let err = load_history(&path, &mut DemandHistory::default()).unwrap_err();
+        assert!(err.contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn endpoint_files_are_replaced_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("endpoints.json");
+        write_atomically(&path, "[\"127.0.0.1:1\"]").unwrap();
+        write_atomically(&path, "[\"127.0.0.1:2\"]").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "[\"127.0.0.1:2\"]");
+        let leftovers = std::fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(leftovers, 1, "a temporary file was left behind");
+    }
 }

@@ -121,6 +121,9 @@ struct LocalArgs {
     /// Copies to start with (default: the policy's minReplicas).
     #[arg(long)]
     initial: Option<u32>,
+    /// Keep predictive history here across restarts (predictive policies).
+    #[arg(long, value_name = "FILE")]
+    history: Option<PathBuf>,
     /// The command to run, `{port}` replaced by a free port, e.g.
     /// `-- lms-sim --port {port}`.
     #[arg(last = true, required = true, value_name = "COMMAND")]
@@ -362,6 +365,7 @@ async fn run_local(args: LocalArgs) -> ExitCode {
         drain: args.drain,
         initial: args.initial,
         dry_run: args.common.dry_run,
+        history_file: args.history,
     };
     let shutdown = shutdown_signal();
     match local::run(policy, settings, metrics, shutdown, Arc::new(|_, _| {})).await {

@@ -4,7 +4,8 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::decide::{Decision, History, Mode, Observation, decide};
+use crate::decide::forecast::{self, DemandHistory};
+use crate::decide::{Decision, History, Mode, Observation, current_demand, decide};
 use crate::policy::Policy;
 use crate::source::Reading;
 
@@ -39,6 +40,7 @@ pub struct Runner {
     last_reading: Option<(DateTime<Utc>, Reading)>,
     last_scale: Option<(DateTime<Utc>, String)>,
     last_step: Option<Step>,
+    demand_history: DemandHistory,
 }
 
 impl Runner {
@@ -50,7 +52,18 @@ impl Runner {
             last_reading: None,
             last_scale: None,
             last_step: None,
+            demand_history: DemandHistory::default(),
         }
+    }
+
+    /// Past demand kept for predictive pre-scaling.
+    pub fn demand_history(&self) -> &DemandHistory {
+        &self.demand_history
+    }
+
+    /// Past demand, for loading a saved history or a Prometheus backfill.
+    pub fn demand_history_mut(&mut self) -> &mut DemandHistory {
+        &mut self.demand_history
     }
 
     /// The policy.
@@ -61,7 +74,10 @@ impl Runner {
     /// Replaces the policy (an edited CRD or file), keeping the windows
     /// unless the policy now scales something else.
     pub fn set_policy(&mut self, policy: Policy) {
-        if policy.target_ref != self.policy.target_ref || policy.pool != self.policy.pool {
+        if policy.target_ref != self.policy.target_ref
+            || policy.pool != self.policy.pool
+            || policy.target != self.policy.target
+        {
             *self = Self::new(policy);
         } else {
             self.policy = policy;
@@ -114,7 +130,18 @@ impl Runner {
             requests_per_second: fresh.and_then(|r| r.requests_per_second),
             p95: fresh.and_then(|r| r.p95),
             partial: fresh.is_some_and(|r| !r.complete()),
+            forecast: None,
         };
+        let mut observation = observation;
+        if let Some(p) = &self.policy.predictive {
+            if let Some((demand, _)) = current_demand(&self.policy, &observation) {
+                let keep = forecast::retention(p.weeks, p.lead_time);
+                self.demand_history.record(now, demand, keep);
+            }
+            observation.forecast =
+                forecast::forecast(&self.demand_history, now, p.lead_time, p.weeks, p.margin)
+                    .map(|f| f.demand);
+        }
         let mut decision = decide(&self.policy, &observation, &mut self.history, now);
         if let Some(r) = fresh.filter(|r| !r.complete()) {
             decision.reason = format!(
@@ -268,5 +295,89 @@ spec:
         r.set_policy(other);
         assert!(r.last_step().is_none());
         assert_eq!(r.policy().metrics.interval, Duration::from_secs(1));
+    }
+}
+
+#[cfg(test)]
+mod predictive_tests {
+    use chrono::TimeZone;
+
+    use super::*;
+
+    /// A runner with a predictive policy, fed a daily 09:00–10:00 peak for a
+    /// week, pre-scales on the next week's Monday ahead of 09:00, and a
+    /// forecastOnly runner fed the same data scales exactly like one without
+    /// predictive.
+    #[test]
+    fn history_from_the_loop_drives_the_forecast() {
+        let text = |extra: &str| {
+            format!(
+                "apiVersion: usher.dev/v1alpha1
+kind: ScalingPolicy
+metadata: {{name: p}}
+spec:
+  scaleTargetRef: {{kind: Deployment, name: web}}
+  pool: web
+  minReplicas: 1
+  maxReplicas: 50
+  target: {{inFlightPerPod: 10}}
+  metricsSource: {{urls: ['http://127.0.0.1:9901/metrics']}}
+{extra}"
+            )
+        };
+        let on = crate::policy::from_str(&text(
+            "  predictive: {leadTime: 10m, weeks: 1, margin: 0}\n",
+        ))
+        .unwrap();
+        let only = crate::policy::from_str(&text(
+            "  predictive: {leadTime: 10m, weeks: 1, forecastOnly: true}\n",
+        ))
+        .unwrap();
+        let off = crate::policy::from_str(&text("")).unwrap();
+        let mut runners = [Runner::new(on), Runner::new(only), Runner::new(off)];
+        let start = Utc.with_ymd_and_hms(2026, 11, 2, 0, 0, 0).unwrap();
+        let reading = |d: f64| Reading {
+            in_flight: d,
+            answered: 1,
+            asked: 1,
+            ..Reading::default()
+        };
+        // One week of history at one tick per 30 s (enough for minute buckets).
+        for r in &mut runners {
+            for s in (0..7 * 24 * 3600).step_by(30) {
+                let t = start + chrono::Duration::seconds(s);
+                let d = if (s / 3600) % 24 == 9 { 200.0 } else { 20.0 };
+                r.tick(
+                    Some(reading(d)),
+                    Replicas {
+                        current: 2,
+                        ready: 2,
+                    },
+                    t,
+                );
+            }
+        }
+        // Next Monday 08:55, load still quiet.
+        let t = start + chrono::Duration::days(7) + chrono::Duration::minutes(8 * 60 + 55);
+        let two = Replicas {
+            current: 2,
+            ready: 2,
+        };
+        let steps: Vec<Step> = runners
+            .iter_mut()
+            .map(|r| r.tick(Some(reading(20.0)), two, t))
+            .collect();
+        assert_eq!(steps[0].scale_to, Some(20), "{}", steps[0].decision.reason);
+        assert_eq!(steps[0].decision.forecast, Some(20));
+        assert_eq!(steps[1].decision.forecast, Some(22), "10% default margin");
+        assert_eq!(
+            steps[1].scale_to, steps[2].scale_to,
+            "forecastOnly changed the decision"
+        );
+        assert_eq!(steps[1].decision.desired, steps[2].decision.desired);
+        assert_eq!(steps[2].decision.forecast, None);
+        // History is bounded to a week plus the lead time (and a margin).
+        let kept = runners[0].demand_history().len();
+        assert!((9_000..=7 * 24 * 60 + 13).contains(&kept), "{kept} minutes kept");
     }
 }

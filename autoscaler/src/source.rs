@@ -343,6 +343,84 @@ impl Reader {
     }
 }
 
+/// The PromQL for a policy's demand in its target's unit (`None` for a
+/// latency target), as predictive history.
+pub fn demand_query(policy: &crate::policy::Policy, matchers: Option<&str>) -> Option<String> {
+    let mut s = format!(
+        "pool=\"{}\"",
+        policy.pool.replace('\\', "\\\\").replace('"', "\\\"")
+    );
+    if let Some(m) = matchers {
+        s.push(',');
+        s.push_str(m);
+    }
+    match policy.target {
+        crate::policy::Target::InFlightPerPod(_) => Some(format!(
+            "sum(usher_balancer_pool_in_flight_requests{{{s}}}) + (sum(usher_balancer_pool_queue_depth{{{s}}}) or vector(0))"
+        )),
+        crate::policy::Target::RequestsPerSecondPerPod(_) => Some(format!(
+            "sum(rate(usher_balancer_pool_responses_total{{{s}}}[1m]))"
+        )),
+        crate::policy::Target::LatencyP95(_) => None,
+    }
+}
+
+/// Reads `query` over `[start, end]` at one point a minute from Prometheus
+/// (`/api/v1/query_range`), a week per request (Prometheus caps a range at
+/// 11,000 points).
+pub async fn query_range_minutes(
+    base: &str,
+    query: &str,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    timeout: Duration,
+) -> Result<Vec<(DateTime<Utc>, f64)>, String> {
+    let client = http_client();
+    let mut out = Vec::new();
+    let mut from = start;
+    while from < end {
+        let to = (from + chrono::Duration::days(7)).min(end);
+        let url = format!(
+            "{}/api/v1/query_range?query={}&start={}&end={}&step=60",
+            base.trim_end_matches('/'),
+            percent_encode(query),
+            from.timestamp(),
+            to.timestamp()
+        );
+        let text = get_text(&client, &url, timeout).await?;
+        out.extend(parse_range(&text)?);
+        from = to + chrono::Duration::seconds(60);
+    }
+    Ok(out)
+}
+
+/// Reads the first series of a range-vector answer.
+pub fn parse_range(text: &str) -> Result<Vec<(DateTime<Utc>, f64)>, String> {
+    let v: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| format!("the answer is not JSON: {e}"))?;
+    if v["status"] != "success" {
+        return Err(format!(
+            "query failed: {}",
+            v["error"].as_str().unwrap_or("no error message")
+        ));
+    }
+    let Some(series) = v["data"]["result"].as_array().and_then(|r| r.first()) else {
+        return Ok(Vec::new());
+    };
+    let values = series["values"]
+        .as_array()
+        .ok_or("a series without values")?;
+    Ok(values
+        .iter()
+        .filter_map(|p| {
+            let t = p[0].as_f64()?;
+            let v: f64 = p[1].as_str()?.parse().ok()?;
+            let at = DateTime::from_timestamp_millis((t * 1000.0) as i64)?;
+            v.is_finite().then_some((at, v))
+        })
+        .collect())
+}
+
 /// Percent-encodes a query parameter value.
 fn percent_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len() * 3);
@@ -403,6 +481,17 @@ mod tests {
                 .contains("parse error")
         );
         assert!(parse_instant_scalar("<html>").is_err());
+    }
+
+    #[test]
+    fn range_answers_are_read() {
+        let text = r#"{"status":"success","data":{"resultType":"matrix","result":[{"metric":{},"values":[[1700000000,"3"],[1700000060,"NaN"],[1700000120,"5.5"]]}]}}"#;
+        let points = parse_range(text).unwrap();
+        assert_eq!(points.len(), 2);
+        assert_eq!(points[0].0.timestamp(), 1_700_000_000);
+        assert_eq!(points[1].1, 5.5);
+        let empty = r#"{"status":"success","data":{"resultType":"matrix","result":[]}}"#;
+        assert_eq!(parse_range(empty).unwrap(), vec![]);
     }
 
     #[test]

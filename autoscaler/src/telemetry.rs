@@ -58,6 +58,7 @@ pub struct Metrics {
     in_flight: Family<PolicyLabels, GaugeF>,
     queued: Family<PolicyLabels, GaugeF>,
     rps: Family<PolicyLabels, GaugeF>,
+    forecast: Family<PolicyLabels, Gauge<i64, AtomicI64>>,
     decision_seconds: Family<PolicyLabels, Histogram>,
     scrape_errors: Family<PolicyLabels, Counter>,
     scale_events: Family<ScaleLabels, Counter>,
@@ -89,6 +90,7 @@ impl Metrics {
             in_flight: Family::default(),
             queued: Family::default(),
             rps: Family::default(),
+            forecast: Family::default(),
             decision_seconds: Family::new_with_constructor(decision_histogram),
             scrape_errors: Family::default(),
             scale_events: Family::default(),
@@ -145,6 +147,11 @@ impl Metrics {
             "observed_requests_per_second",
             "The pool's response rate, summed over balancers",
             self.rps.clone(),
+        );
+        r.register(
+            "forecast_replicas",
+            "Replicas the predictive forecast asks for as a floor (recorded in forecastOnly mode too)",
+            self.forecast.clone(),
         );
         r.register(
             "decision_duration_seconds",
@@ -215,6 +222,14 @@ impl Metrics {
         if let Some(v) = step.observation.requests_per_second {
             self.rps.get_or_create(&l).set(v);
         }
+        match step.decision.forecast {
+            Some(f) => {
+                self.forecast.get_or_create(&l).set(i64::from(f));
+            }
+            None => {
+                self.forecast.remove(&l);
+            }
+        }
         self.decision_seconds.get_or_create(&l).observe(seconds);
     }
 
@@ -263,6 +278,7 @@ impl Metrics {
             &self.panic,
             &self.stale,
             &self.limited,
+            &self.forecast,
         ] {
             f.remove(&l);
         }

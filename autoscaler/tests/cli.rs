@@ -87,6 +87,7 @@ fn observations() -> Vec<ObservationLine> {
                 requests_per_second: Some(50.0),
                 p95_seconds: Some(0.1),
                 partial: false,
+                forecast: None,
             };
             // Apply each decision, as the controller would, to shape the next line.
             replicas = decide(&policy, &line.observation(), &mut history, line.now).desired;

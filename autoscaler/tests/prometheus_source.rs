@@ -167,6 +167,21 @@ spec:
     assert_eq!(reading.queued, 0.0);
     assert!(reading.complete());
 
+    // Predictive history comes back from query_range as minute points.
+    let query = usher_autoscaler::source::demand_query(&policy, Some("namespace=\"lms\"")).unwrap();
+    let now = chrono::Utc::now();
+    let points = usher_autoscaler::source::query_range_minutes(
+        &base,
+        &query,
+        now - chrono::Duration::minutes(3),
+        now,
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    assert!(!points.is_empty(), "no range points for {query}");
+    assert_eq!(points.last().unwrap().1, 12.0, "{points:?}");
+
     // A pool Prometheus has no series for is an error, not zero demand.
     let mut other = policy.clone();
     other.pool = "canvas".into();

@@ -13,6 +13,7 @@
 //! 7. `minReplicas`/`maxReplicas` clamp it.
 
 pub mod behavior;
+pub mod forecast;
 pub mod schedule;
 pub mod window;
 
@@ -42,6 +43,9 @@ pub struct Observation {
     /// Some balancer replicas did not answer: the demand may be higher
     /// than seen, so this tick may raise the replicas but not lower them.
     pub partial: bool,
+    /// Forecast peak demand over the policy's predictive lead time, in the
+    /// target's unit (`None`: no predictive block or no history yet).
+    pub forecast: Option<f64>,
 }
 
 /// Stable or panic mode.
@@ -78,6 +82,9 @@ pub struct Decision {
     pub limited: bool,
     /// Whether metrics were missing (the decision held).
     pub metrics_missing: bool,
+    /// Replicas the forecast asks for as a floor (also in `forecastOnly`
+    /// mode, where it is recorded but not applied).
+    pub forecast: Option<u32>,
 }
 
 /// What `decide` remembers between ticks.
@@ -143,6 +150,14 @@ pub fn decide(
             desired = f;
             reason = format!("metrics missing; schedule `{name}` floor {f}");
         }
+        let forecast = forecast_pods(policy, obs);
+        if let (Some(f), Some(p)) = (forecast, &policy.predictive)
+            && f > desired
+            && !p.forecast_only
+        {
+            desired = f;
+            reason = format!("metrics missing; forecast floor {f}");
+        }
         let desired = desired.min(policy.max_replicas.max(current));
         history.events.record(
             now_ms,
@@ -155,6 +170,7 @@ pub fn decide(
             reason,
             limited: false,
             metrics_missing: true,
+            forecast,
         };
     };
 
@@ -254,6 +270,23 @@ pub fn decide(
         reason = format!("{reason}; schedule `{name}` floor {f}");
     }
 
+    // Predictive floor: raises only; `forecastOnly` records it.
+    let forecast = forecast_pods(policy, obs);
+    if let (Some(f), Some(p)) = (forecast, &policy.predictive)
+        && desired < f
+    {
+        if p.forecast_only {
+            reason = format!("{reason}; forecast would raise to {f} (forecastOnly)");
+        } else {
+            desired = f;
+            reason = format!(
+                "{reason}; forecast floor {f} ({}-week average peak of the next {})",
+                p.weeks,
+                humantime::format_duration(p.lead_time)
+            );
+        }
+    }
+
     let mut limited = false;
     let stabilized = behavior::stabilize(
         &mut history.recommendations,
@@ -296,7 +329,24 @@ pub fn decide(
         reason,
         limited,
         metrics_missing: false,
+        forecast,
     }
+}
+
+/// The replicas the observation's forecast asks for, if predictive.
+fn forecast_pods(policy: &Policy, obs: &Observation) -> Option<u32> {
+    policy.predictive.as_ref()?;
+    let per_pod = match policy.target {
+        Target::InFlightPerPod(t) | Target::RequestsPerSecondPerPod(t) => t,
+        Target::LatencyP95(_) => return None,
+    };
+    Some(pods_for(obs.forecast?, per_pod))
+}
+
+/// The current demand in the policy's unit and the per-pod target (what
+/// the windows average and predictive history records).
+pub fn current_demand(policy: &Policy, obs: &Observation) -> Option<(f64, f64)> {
+    demand(policy, obs)
 }
 
 /// How long scale events matter: the longest rate-policy period.

@@ -29,6 +29,7 @@ fn obs(replicas: u32, in_flight: f64) -> Observation {
         requests_per_second: Some(0.0),
         p95: None,
         partial: false,
+        forecast: None,
     }
 }
 
@@ -389,4 +390,51 @@ fn ticks_a_few_ms_off_the_second_still_scale_down() {
         lowest = lowest.min(r);
     }
     assert_eq!(lowest, 3, "30 in flight at 10 per pod needs 3 pods");
+}
+
+#[test]
+fn a_forecast_raises_the_floor_and_forecast_only_changes_nothing() {
+    let p = policy("  predictive: {leadTime: 10m}\n");
+    let mut h = History::default();
+    for s in 0..70 {
+        decide(&p, &obs(4, 40.0), &mut h, at(s));
+    }
+    let mut o = obs(4, 40.0);
+    o.forecast = Some(200.0);
+    let d = decide(&p, &o, &mut h, at(70));
+    assert_eq!(d.desired, 20, "{}", d.reason);
+    assert_eq!(d.forecast, Some(20));
+    assert!(d.reason.contains("forecast floor 20"), "{}", d.reason);
+
+    // forecastOnly: the same forecast is reported and not applied.
+    let only = policy("  predictive: {leadTime: 10m, forecastOnly: true}\n");
+    let mut h = History::default();
+    for s in 0..70 {
+        let d = decide(&only, &obs(4, 40.0), &mut h, at(s));
+        assert_eq!(d.desired, 4);
+    }
+    let d = decide(&only, &o, &mut h, at(70));
+    assert_eq!((d.desired, d.forecast), (4, Some(20)), "{}", d.reason);
+    assert!(d.reason.contains("forecastOnly"), "{}", d.reason);
+}
+
+#[test]
+fn a_low_forecast_never_scales_down_and_missing_metrics_still_prewarm() {
+    let p = policy("  predictive: {}\n");
+    let mut h = History::default();
+    for s in 0..70 {
+        decide(&p, &obs(10, 100.0), &mut h, at(s));
+    }
+    let mut o = obs(10, 100.0);
+    o.forecast = Some(5.0);
+    let d = decide(&p, &o, &mut h, at(70));
+    assert_eq!(d.desired, 10, "{}", d.reason);
+    assert_eq!(d.forecast, Some(1));
+    // Metrics missing: hold, but a forecast peak still raises the floor.
+    let mut missing = obs(10, 0.0);
+    missing.in_flight = None;
+    missing.forecast = Some(300.0);
+    let d = decide(&p, &missing, &mut h, at(71));
+    assert!(d.metrics_missing);
+    assert_eq!(d.desired, 30, "{}", d.reason);
 }

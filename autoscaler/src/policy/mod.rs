@@ -40,6 +40,23 @@ pub struct Policy {
     pub tolerance: f64,
     /// Where the balancers' metrics are read.
     pub metrics: MetricsSource,
+    /// Predictive pre-scaling, if enabled.
+    pub predictive: Option<Predictive>,
+}
+
+/// Predictive pre-scaling settings (see [`crate::decide::forecast`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Predictive {
+    /// How far ahead the forecast looks.
+    pub lead_time: std::time::Duration,
+    /// Past weeks averaged.
+    pub weeks: u32,
+    /// Safety margin (0.2 = 20%).
+    pub margin: f64,
+    /// Record only; never raise the floor.
+    pub forecast_only: bool,
+    /// Prometheus base URL for past demand.
+    pub prometheus_url: Option<String>,
 }
 
 /// Where and how often the balancers' metrics are read.

@@ -80,6 +80,31 @@ pub struct RawSpec {
     /// Where the balancer replicas' metrics are read.
     #[serde(default)]
     pub metrics_source: Option<RawMetricsSource>,
+    /// Predictive pre-scaling from past weeks' demand.
+    #[serde(default)]
+    pub predictive: Option<RawPredictive>,
+}
+
+/// `predictive`: raise the floor ahead of recurring peaks.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawPredictive {
+    /// How far ahead to forecast, e.g. `10m`.
+    #[serde(default)]
+    pub lead_time: Option<String>,
+    /// Past weeks averaged (same weekday and time).
+    #[serde(default)]
+    pub weeks: Option<u32>,
+    /// Safety margin added to the forecast (0.2 = 20%).
+    #[serde(default)]
+    pub margin: Option<f64>,
+    /// Record what the forecast would do, change nothing.
+    #[serde(default)]
+    pub forecast_only: Option<bool>,
+    /// Prometheus to read past demand from (`query_range`); without it the
+    /// autoscaler keeps its own history.
+    #[serde(default)]
+    pub prometheus_url: Option<String>,
 }
 
 /// `metricsSource`: exactly one of `pods`, `urls` or `prometheus`.

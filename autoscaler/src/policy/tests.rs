@@ -230,3 +230,124 @@ fn missing_files_name_the_file() {
         "{e}"
     );
 }
+
+#[test]
+fn metrics_source_defaults_and_rejections() {
+    use super::{DEFAULT_ADMIN_PORT, SourceKind};
+    let p = from_str(&doc(BASE)).unwrap();
+    match &p.metrics.kind {
+        SourceKind::Pods {
+            selector,
+            port,
+            path,
+            namespace,
+        } => {
+            assert_eq!(
+                selector
+                    .get("app.kubernetes.io/component")
+                    .map(String::as_str),
+                Some("balancer")
+            );
+            assert_eq!(
+                (*port, path.as_str(), namespace),
+                (DEFAULT_ADMIN_PORT, "/metrics", &None)
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(p.metrics.interval, Duration::from_secs(1));
+    assert_eq!(p.metrics.stale_after, Duration::from_secs(5));
+    assert_eq!(p.metrics.timeout, Duration::from_millis(800));
+    let urls = from_str(&doc(&format!(
+        "{BASE}  metricsSource: {{urls: ['http://127.0.0.1:9901/metrics'], interval: 2s}}\n"
+    )))
+    .unwrap();
+    assert_eq!(
+        urls.metrics.kind,
+        SourceKind::Urls(vec!["http://127.0.0.1:9901/metrics".into()])
+    );
+    assert_eq!(urls.metrics.stale_after, Duration::from_secs(10));
+    let ms = |m: &str| doc(&format!("{BASE}  metricsSource: {m}\n"));
+    rejects(
+        &ms("{urls: [], pods: {}}"),
+        "spec.metricsSource",
+        "only one of",
+    );
+    rejects(&ms("{urls: []}"), "spec.metricsSource.urls", "at least one");
+    rejects(
+        &ms("{urls: ['ftp://x/metrics']}"),
+        "spec.metricsSource.urls[0]",
+        "http://",
+    );
+    rejects(
+        &ms("{prometheus: {url: 'not a url'}}"),
+        "spec.metricsSource.prometheus.url",
+        "not",
+    );
+    rejects(
+        &ms("{pods: {selector: {}}}"),
+        "spec.metricsSource.pods.selector",
+        "every pod",
+    );
+    rejects(
+        &ms("{pods: {path: metrics}}"),
+        "spec.metricsSource.pods.path",
+        "start with `/`",
+    );
+    rejects(
+        &ms("{pods: {port: 0}}"),
+        "spec.metricsSource.pods.port",
+        "not a port",
+    );
+    rejects(
+        &ms("{interval: 10ms}"),
+        "spec.metricsSource.interval",
+        "at least 100ms",
+    );
+    rejects(
+        &ms("{interval: 2s, staleAfter: 1s}"),
+        "spec.metricsSource.staleAfter",
+        "at least the interval",
+    );
+    rejects(
+        &ms("{staleAfter: soon}"),
+        "spec.metricsSource.staleAfter",
+        "not a duration",
+    );
+    rejects(
+        &ms("{pods: {colour: red}}"),
+        "spec.metricsSource.pods.colour",
+        "unknown field",
+    );
+}
+
+#[test]
+fn predictive_defaults_and_rejections() {
+    let p = from_str(&doc(&format!("{BASE}  predictive: {{}}\n"))).unwrap();
+    let pr = p.predictive.unwrap();
+    assert_eq!(pr.lead_time, Duration::from_secs(600));
+    assert_eq!((pr.weeks, pr.margin, pr.forecast_only), (2, 0.1, false));
+    assert!(from_str(&doc(BASE)).unwrap().predictive.is_none());
+    let pd = |m: &str| doc(&format!("{BASE}  predictive: {m}\n"));
+    rejects(&pd("{weeks: 0}"), "spec.predictive.weeks", "1 to 8");
+    rejects(&pd("{margin: -1}"), "spec.predictive.margin", "0 to 5");
+    rejects(
+        &pd("{leadTime: 2d}"),
+        "spec.predictive.leadTime",
+        "at most 24h",
+    );
+    rejects(
+        &pd("{leadTime: later}"),
+        "spec.predictive.leadTime",
+        "not a duration",
+    );
+    rejects(
+        &pd("{prometheusUrl: 'x'}"),
+        "spec.predictive.prometheusUrl",
+        "not",
+    );
+    let latency = doc(
+        "  minReplicas: 2\n  maxReplicas: 10\n  target: {latency: {p95: 300ms}}\n  predictive: {}\n",
+    );
+    rejects(&latency, "spec.predictive", "demand target");
+}

@@ -4,11 +4,13 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use super::raw::{
-    RawBehavior, RawMetricsSource, RawPolicyDocument, RawRules, RawSchedule, RawSurge, RawTarget,
+    RawBehavior, RawMetricsSource, RawPolicyDocument, RawPredictive, RawRules, RawSchedule,
+    RawSurge, RawTarget,
 };
 use super::{
     Behavior, DEFAULT_ADMIN_PORT, DEFAULT_BALANCER_SELECTOR, MetricsSource, Policy, PolicyError,
-    RateKind, RatePolicy, Rules, Schedule, Select, SourceKind, Surge, Target, TargetRef,
+    Predictive, RateKind, RatePolicy, Rules, Schedule, Select, SourceKind, Surge, Target,
+    TargetRef,
 };
 
 type Result<T> = std::result::Result<T, PolicyError>;
@@ -101,6 +103,10 @@ pub fn validate(doc: RawPolicyDocument) -> Result<Policy> {
         ));
     }
     let metrics = metrics_source(spec.metrics_source.unwrap_or_default())?;
+    let predictive = spec
+        .predictive
+        .map(|p| predictive(p, &target))
+        .transpose()?;
     Ok(Policy {
         name: doc.metadata.name,
         namespace: doc.metadata.namespace,
@@ -114,6 +120,51 @@ pub fn validate(doc: RawPolicyDocument) -> Result<Policy> {
         schedules,
         tolerance,
         metrics,
+        predictive,
+    })
+}
+
+fn predictive(raw: RawPredictive, target: &Target) -> Result<Predictive> {
+    let field = "spec.predictive";
+    if matches!(target, Target::LatencyP95(_)) {
+        return Err(PolicyError::new(
+            field,
+            "forecasts need a demand target; use `inFlightPerPod` or `requestsPerSecondPerPod`",
+        ));
+    }
+    let lead_time = optional_duration(raw.lead_time, &format!("{field}.leadTime"))?
+        .unwrap_or(Duration::from_secs(600));
+    if lead_time > Duration::from_secs(24 * 3600) {
+        return Err(PolicyError::new(
+            format!("{field}.leadTime"),
+            "must be at most 24h",
+        ));
+    }
+    let weeks = raw.weeks.unwrap_or(2);
+    if !(1..=8).contains(&weeks) {
+        return Err(PolicyError::new(
+            format!("{field}.weeks"),
+            format!("{weeks} is out of range; use 1 to 8"),
+        ));
+    }
+    let margin = raw.margin.unwrap_or(0.1);
+    if !(0.0..=5.0).contains(&margin) {
+        return Err(PolicyError::new(
+            format!("{field}.margin"),
+            format!("{margin} is out of range; use 0 to 5 (0.2 = 20%)"),
+        ));
+    }
+    if let Some(u) = &raw.prometheus_url {
+        http_url(u, &format!("{field}.prometheusUrl"))?;
+    }
+    Ok(Predictive {
+        lead_time,
+        weeks,
+        margin,
+        forecast_only: raw.forecast_only.unwrap_or(false),
+        prometheus_url: raw
+            .prometheus_url
+            .map(|u| u.trim_end_matches('/').to_string()),
     })
 }
 

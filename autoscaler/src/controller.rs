@@ -648,10 +648,9 @@ pub async fn run_crds(ctx: Arc<Context>, shutdown: watch::Receiver<bool>) {
             if let Err(e) = result {
                 tracing::debug!(error = %e, "controller event");
             }
+            // Forget the loops (and metrics) of deleted policies.
             let keep: Vec<String> = store.state().iter().map(|o| key_of(o)).collect();
-            if !store.state().is_empty() {
-                cleanup_ctx.retain_crds(&keep);
-            }
+            cleanup_ctx.retain_crds(&keep);
             std::future::ready(())
         })
         .await;

@@ -361,14 +361,19 @@ spec:
                 "text",
             ])
             .args(["--metrics-bind", &format!("127.0.0.1:{port}")])
-            .args([
-                "--lease-duration",
-                "4s",
-                "--renew-deadline",
-                "2s",
-                "--retry-period",
-                "1s",
-            ])
+            // A short lease unless the test sets its own.
+            .args(if extra.contains(&"--lease-duration") {
+                &[][..]
+            } else {
+                &[
+                    "--lease-duration",
+                    "4s",
+                    "--renew-deadline",
+                    "2s",
+                    "--retry-period",
+                    "1s",
+                ][..]
+            })
             .args(extra)
             .env("KUBECONFIG", &self.kubeconfig)
             .env("USHER_LOG", "info,kube=warn")
@@ -789,4 +794,45 @@ spec:
         (Some("Deployment"), Some("lms"))
     );
     assert!(!a.log().contains("forbidden"), "{}", a.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_stopped_with_sigterm_releases_the_lease_for_the_follower() {
+    let w = world("release").await;
+    w.policy().await;
+    // A 60 s lease: a takeover well before that can only come from a release.
+    let long = [
+        "--lease-duration",
+        "60s",
+        "--renew-deadline",
+        "40s",
+        "--retry-period",
+        "1s",
+    ];
+    let a = w.autoscaler("a", &long);
+    let b = w.autoscaler("b", &long);
+    let first = wait_for("a lease holder", Duration::from_secs(20), || {
+        w.lease_holder()
+    })
+    .await;
+    let (leader, follower) = if first == "a" { (&a, "b") } else { (&b, "a") };
+    let pid = leader.child.id().unwrap().to_string();
+    let status = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success());
+    wait_logged(
+        "the follower to take the released lease",
+        Duration::from_secs(30),
+        &[&a, &b],
+        || async { w.lease_holder().await.filter(|h| h == follower) },
+    )
+    .await;
+    assert!(
+        leader.log().contains("released the leader lease"),
+        "{}",
+        leader.log()
+    );
 }

@@ -20,8 +20,14 @@ missing=()
 need curl || missing+=(curl)
 # dnsmasq serves the DNS discovery test (balancer/tests/discovery.rs).
 [ -x /usr/sbin/dnsmasq ] || need dnsmasq || missing+=(dnsmasq-base)
-# Prometheus serves the autoscaler's metricsSource.prometheus test.
-need prometheus || missing+=(prometheus)
+# Prometheus serves the autoscaler's metricsSource.prometheus test; its
+# promtool checks the chart's alerts (autoscaler/tests/chart.rs).
+need prometheus && need promtool || missing+=(prometheus)
+# Go, sprig and yaml.v2 check and render the Helm chart's templates
+# (tests/chart/*.go, run by autoscaler/tests/chart.rs; GOPATH mode, offline).
+need go || missing+=(golang-go)
+[ -d /usr/share/gocode/src/github.com/Masterminds/sprig ] || missing+=(golang-github-masterminds-sprig-dev)
+[ -d /usr/share/gocode/src/gopkg.in/yaml.v2 ] || missing+=(golang-gopkg-yaml.v2-dev)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"

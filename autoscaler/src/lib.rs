@@ -13,5 +13,7 @@ pub mod local;
 pub mod policy;
 pub mod runner;
 pub mod scrape;
+pub mod sim;
 pub mod source;
 pub mod telemetry;
+pub mod timeline;

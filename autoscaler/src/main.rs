@@ -1,12 +1,13 @@
 //! The `usher-autoscaler` command.
 
-use std::io::{BufReader, IsTerminal, stdin, stdout};
+use std::io::{BufReader, IsTerminal, Write, stdin, stdout};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use k8s_openapi::api::coordination::v1::Lease;
 use tokio::signal::unix::{SignalKind, signal};
@@ -14,6 +15,8 @@ use tokio::sync::watch;
 use usher_autoscaler::controller::{self, Context, Settings};
 use usher_autoscaler::lease::{self, Elector, Timing};
 use usher_autoscaler::local::{self, LocalSettings};
+use usher_autoscaler::sim::generate::{self, Kind};
+use usher_autoscaler::sim::{self, Arrivals, PodModel};
 use usher_autoscaler::telemetry::{self, Metrics};
 use usher_autoscaler::{crd, filter, policy};
 
@@ -48,6 +51,94 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         policy: PathBuf,
     },
+    /// Play a load trace through a pod model and the controller's own
+    /// decisions on simulated time; print a table, write a timeline CSV and
+    /// an SVG chart.
+    Simulate(SimulateArgs),
+    /// Write a sample load trace (CSV), deterministic per seed.
+    Trace {
+        /// The shape: weekday, exam-cliff, surprise-spike or daily-peak.
+        #[arg(long, value_parser = parse_kind)]
+        kind: Kind,
+        /// Seed of the noise (and of surprise-spike's height, start and length).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Where to write it (default: stdout).
+        #[arg(short, long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Args)]
+struct SimulateArgs {
+    /// Policy files: repeat the flag or list several.
+    #[arg(short, long, value_name = "FILE", required = true, num_args = 1..)]
+    policy: Vec<PathBuf>,
+    /// The load trace: CSV with `t,rps` (seconds) or `time,rps` (RFC 3339);
+    /// a row's rate holds until the next row.
+    #[arg(long, value_name = "FILE")]
+    trace: PathBuf,
+    /// Also play an HPA-like and a KPA-like reference built from the first
+    /// policy (same target and bounds).
+    #[arg(long)]
+    compare: bool,
+    /// Wall-clock time of t=0 (RFC 3339), for schedules and forecasts
+    /// [default: the trace's first `time`, else Monday 2026-11-30T08:00:00Z].
+    #[arg(long, value_parser = parse_time)]
+    start: Option<DateTime<Utc>>,
+    /// Requests per second one ready pod serves [default: concurrency / service time].
+    #[arg(long, conflicts_with = "pod_concurrency")]
+    pod_rps: Option<f64>,
+    /// Concurrent requests one pod serves (its workers).
+    #[arg(long, default_value_t = 10.0)]
+    pod_concurrency: f64,
+    /// Time a request spends in service.
+    #[arg(long, default_value = "200ms", value_parser = humantime::parse_duration)]
+    service_time: Duration,
+    /// Time from a pod's creation until it serves.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    cold_start: Duration,
+    /// Longest wait in the queue; later requests fail (the balancer's queue timeout).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    queue_timeout: Duration,
+    /// Latency objective: a second whose p95 exceeds it (or with failed
+    /// requests) is a violation.
+    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+    slo: Duration,
+    /// Seed of the arrivals (and of the decision phase of policies that
+    /// decide less often than every second).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Arrivals per second: Poisson around the trace's rate, or exactly it.
+    #[arg(long, value_enum, default_value_t = ArrivalsArg::Poisson)]
+    arrivals: ArrivalsArg,
+    /// Pods at t=0 for every policy [default: the first minute's load at 70%
+    /// of capacity, raised to minReplicas and an active schedule floor].
+    #[arg(long)]
+    initial: Option<u32>,
+    /// Seconds per timeline row [default: 1 s, longer for traces over ~2.8 h
+    /// so a timeline stays within 10,000 rows].
+    #[arg(long, value_name = "SECONDS")]
+    timeline_step: Option<u64>,
+    /// Directory for timeline.csv and chart.svg.
+    #[arg(long, default_value = "sim-out", value_name = "DIR")]
+    out: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ArrivalsArg {
+    Poisson,
+    Exact,
+}
+
+fn parse_kind(s: &str) -> Result<Kind, String> {
+    s.parse()
+}
+
+fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| format!("{e}; expected RFC 3339 such as 2026-11-30T08:00:00Z"))
 }
 
 #[derive(Debug, Args)]
@@ -194,6 +285,8 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Simulate(args) => simulate(args),
+        Command::Trace { kind, seed, out } => write_trace(kind, seed, out),
         Command::Run(args) => runtime().block_on(run(args)),
         Command::Local(args) => runtime().block_on(run_local(args)),
     }
@@ -204,6 +297,83 @@ fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("a tokio runtime")
+}
+
+fn simulate(args: SimulateArgs) -> ExitCode {
+    let mut policies = Vec::new();
+    for file in &args.policy {
+        match policy::load(file) {
+            Ok(p) => policies.push((p.name.clone(), p)),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let trace = match sim::trace::load(&args.trace) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut model = PodModel::from_concurrency(args.pod_concurrency, args.service_time);
+    if let Some(rps) = args.pod_rps {
+        model.pod_rps = rps;
+    }
+    model.cold_start = args.cold_start;
+    model.queue_timeout = args.queue_timeout;
+    if !(model.pod_rps.is_finite() && model.pod_rps > 0.0) || args.service_time.is_zero() {
+        eprintln!("error: a pod must serve more than 0 requests/s and take some service time");
+        return ExitCode::FAILURE;
+    }
+    let config = sim::Config {
+        trace_name: args.trace.display().to_string(),
+        trace,
+        contenders: sim::contenders(policies, args.compare),
+        start: args.start,
+        model,
+        slo: args.slo,
+        arrivals: match args.arrivals {
+            ArrivalsArg::Poisson => Arrivals::Poisson,
+            ArrivalsArg::Exact => Arrivals::Exact,
+        },
+        seed: args.seed,
+        initial: args.initial,
+        timeline_step: args.timeline_step,
+    };
+    let report = sim::run(&config);
+    print!("{}\n{}", report.header(), report.table());
+    match report.write(&args.out) {
+        Ok(files) => {
+            for f in files {
+                println!("wrote {}", f.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn write_trace(kind: Kind, seed: u64, out: Option<PathBuf>) -> ExitCode {
+    let text = generate::generate(kind, seed);
+    let written = match &out {
+        Some(path) => std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display())),
+        None => stdout()
+            .lock()
+            .write_all(text.as_bytes())
+            .map_err(|e| e.to_string()),
+    };
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn check(files: Vec<PathBuf>) -> ExitCode {

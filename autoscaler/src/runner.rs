@@ -378,6 +378,9 @@ spec:
         assert_eq!(steps[2].decision.forecast, None);
         // History is bounded to a week plus the lead time (and a margin).
         let kept = runners[0].demand_history().len();
-        assert!((9_000..=7 * 24 * 60 + 13).contains(&kept), "{kept} minutes kept");
+        assert!(
+            (9_000..=7 * 24 * 60 + 13).contains(&kept),
+            "{kept} minutes kept"
+        );
     }
 }

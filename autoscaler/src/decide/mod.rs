@@ -248,21 +248,6 @@ pub fn decide(
         }
     };
 
-    // A fresh history (a restarted autoscaler, or metrics back after a gap
-    // of a whole stable window) has not seen a whole stable window: it does
-    // not scale down yet (Knative starts in panic for this).
-    if desired < current
-        && history.demand.span(now_ms) + Duration::from_secs(1) < surge.stable_window
-    {
-        desired = current;
-        reason = format!("{reason}; held: less than one stable window of data");
-    }
-
-    if desired < current && obs.partial {
-        desired = current;
-        reason = format!("{reason}; held: not every balancer answered, no scale-down");
-    }
-
     if let Some((f, name)) = floor
         && desired < f
     {
@@ -307,6 +292,25 @@ pub fn decide(
         reason = format!("{reason}; {why} allows {rated}");
         desired = rated;
     }
+    // Holds come after stabilization so that a held tick does not enter the
+    // recommendations as if the policy had wanted the current size (which
+    // would restart the scale-down window every time a balancer missed a
+    // scrape).
+    // A fresh history (a restarted autoscaler, or metrics back after a gap
+    // of a whole stable window) has not seen a whole stable window: it does
+    // not scale down yet (Knative starts in panic for this).
+    if desired < current
+        && history.demand.span(now_ms) + Duration::from_secs(1) < surge.stable_window
+    {
+        desired = current;
+        reason = format!("{reason}; held: less than one stable window of data");
+    }
+
+    if desired < current && obs.partial {
+        desired = current;
+        reason = format!("{reason}; held: not every balancer answered, no scale-down");
+    }
+
     let clamped = desired.clamp(policy.min_replicas, policy.max_replicas);
     if clamped != desired {
         limited = true;

@@ -16,11 +16,13 @@ impl Samples {
     /// Adds a sample and drops those older than `keep` before `now_ms`.
     pub fn push(&mut self, now_ms: i64, value: f64, keep: Duration) {
         let horizon = now_ms - keep.as_millis() as i64;
+        // A gap is a newest sample older than the horizon; one exactly at it
+        // (a sync period as long as the window) is continuous data.
+        if self.items.back().is_none_or(|(t, _)| *t < horizon) {
+            self.since_ms = Some(now_ms);
+        }
         while self.items.front().is_some_and(|(t, _)| *t <= horizon) {
             self.items.pop_front();
-        }
-        if self.items.is_empty() {
-            self.since_ms = Some(now_ms);
         }
         self.items.push_back((now_ms, value));
     }
@@ -66,6 +68,19 @@ mod tests {
         assert_eq!(s.average(9000, Duration::from_secs(60)), Some(4.5));
         assert_eq!(s.average(30_000, Duration::from_secs(3)), None);
         assert_eq!(s.span(9000), Duration::from_secs(9));
+    }
+
+    #[test]
+    fn a_sync_period_as_long_as_the_window_is_continuous_data() {
+        let mut s = Samples::default();
+        let keep = Duration::from_secs(60);
+        for i in 0..5 {
+            s.push(i * 60_000, 1.0, keep);
+        }
+        assert_eq!(s.span(240_000), Duration::from_secs(240));
+        // A real gap (longer than the window) restarts the span.
+        s.push(240_000 + 61_000, 1.0, keep);
+        assert_eq!(s.span(301_000), Duration::ZERO);
     }
 
     #[test]

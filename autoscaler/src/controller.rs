@@ -308,8 +308,13 @@ impl Context {
             tracing::warn!(policy = key, errors = ?outcome.errors, "reading the balancers failed");
         }
         let step = state.runner.tick(outcome.reading, replicas, now);
-        self.metrics
-            .tick(key, replicas, &step, started.elapsed().as_secs_f64());
+        self.metrics.tick(
+            key,
+            (policy.min_replicas, policy.max_replicas),
+            replicas,
+            &step,
+            started.elapsed().as_secs_f64(),
+        );
 
         if let Some(to) = step.scale_to {
             let reason = &step.decision.reason;

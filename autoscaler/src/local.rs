@@ -397,7 +397,13 @@ pub async fn run(
         }
         let replicas = target.replicas();
         let step = runner.tick(outcome.reading, replicas, now);
-        metrics.tick(&key, replicas, &step, started.elapsed().as_secs_f64());
+        metrics.tick(
+            &key,
+            (policy.min_replicas, policy.max_replicas),
+            replicas,
+            &step,
+            started.elapsed().as_secs_f64(),
+        );
         if let Some(to) = step.scale_to {
             let reason = &step.decision.reason;
             if dry_run {

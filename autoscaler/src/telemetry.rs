@@ -59,6 +59,9 @@ pub struct Metrics {
     queued: Family<PolicyLabels, GaugeF>,
     rps: Family<PolicyLabels, GaugeF>,
     forecast: Family<PolicyLabels, Gauge<i64, AtomicI64>>,
+    needed: Family<PolicyLabels, Gauge<i64, AtomicI64>>,
+    min_replicas: Family<PolicyLabels, Gauge<i64, AtomicI64>>,
+    max_replicas: Family<PolicyLabels, Gauge<i64, AtomicI64>>,
     decision_seconds: Family<PolicyLabels, Histogram>,
     scrape_errors: Family<PolicyLabels, Counter>,
     scale_events: Family<ScaleLabels, Counter>,
@@ -91,6 +94,9 @@ impl Metrics {
             queued: Family::default(),
             rps: Family::default(),
             forecast: Family::default(),
+            needed: Family::default(),
+            min_replicas: Family::default(),
+            max_replicas: Family::default(),
             decision_seconds: Family::new_with_constructor(decision_histogram),
             scrape_errors: Family::default(),
             scale_events: Family::default(),
@@ -149,6 +155,21 @@ impl Metrics {
             self.rps.clone(),
         );
         r.register(
+            "needed_replicas",
+            "Pods the demand needs now, before tolerance, floors, behavior and min/max; above max_replicas the policy is under-provisioned",
+            self.needed.clone(),
+        );
+        r.register(
+            "min_replicas",
+            "The policy's minReplicas",
+            self.min_replicas.clone(),
+        );
+        r.register(
+            "max_replicas",
+            "The policy's maxReplicas",
+            self.max_replicas.clone(),
+        );
+        r.register(
             "forecast_replicas",
             "Replicas the predictive forecast asks for as a floor (recorded in forecastOnly mode too)",
             self.forecast.clone(),
@@ -196,9 +217,21 @@ impl Metrics {
         }
     }
 
-    /// Records one tick of `policy`.
-    pub fn tick(&self, policy: &str, replicas: Replicas, step: &Step, seconds: f64) {
+    /// Records one tick of `policy`, whose bounds are `min`..=`max`.
+    pub fn tick(
+        &self,
+        policy: &str,
+        bounds: (u32, u32),
+        replicas: Replicas,
+        step: &Step,
+        seconds: f64,
+    ) {
         let l = Self::labels(policy);
+        self.min_replicas.get_or_create(&l).set(i64::from(bounds.0));
+        self.max_replicas.get_or_create(&l).set(i64::from(bounds.1));
+        if let Some(n) = step.decision.needed {
+            self.needed.get_or_create(&l).set(i64::from(n));
+        }
         self.desired
             .get_or_create(&l)
             .set(i64::from(step.decision.desired));
@@ -279,6 +312,9 @@ impl Metrics {
             &self.stale,
             &self.limited,
             &self.forecast,
+            &self.needed,
+            &self.min_replicas,
+            &self.max_replicas,
         ] {
             f.remove(&l);
         }

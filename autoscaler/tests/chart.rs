@@ -992,7 +992,7 @@ fn autoscaler_metrics() -> String {
             ..Default::default()
         };
         let step = Runner::new(policy).tick(Some(reading), replicas, chrono::Utc::now());
-        metrics.tick(&name, replicas, &step, 0.01);
+        metrics.tick(&name, (1, 10), replicas, &step, 0.01);
         metrics.scrape_errors(&name, 1);
         metrics.scaled(&name, 6, 7);
         metrics.scaled(&name, 7, 6);

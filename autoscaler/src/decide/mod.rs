@@ -85,6 +85,10 @@ pub struct Decision {
     /// Replicas the forecast asks for as a floor (also in `forecastOnly`
     /// mode, where it is recorded but not applied).
     pub forecast: Option<u32>,
+    /// Pods the demand needs now (the mode's window, before tolerance,
+    /// floors, behaviour and min/max); `None` when metrics are missing. Above
+    /// `maxReplicas` it means the policy is under-provisioned.
+    pub needed: Option<u32>,
 }
 
 /// What `decide` remembers between ticks.
@@ -171,6 +175,7 @@ pub fn decide(
             limited: false,
             metrics_missing: true,
             forecast,
+            needed: None,
         };
     };
 
@@ -200,6 +205,10 @@ pub fn decide(
         _ => Mode::Stable,
     };
 
+    let needed = match history.mode {
+        Mode::Panic => want_panic.max(want_stable),
+        Mode::Stable => want_stable,
+    };
     let unit = match policy.target {
         Target::InFlightPerPod(_) => "in flight+queued",
         Target::RequestsPerSecondPerPod(_) => "req/s",
@@ -334,6 +343,7 @@ pub fn decide(
         limited,
         metrics_missing: false,
         forecast,
+        needed: Some(needed),
     }
 }
 

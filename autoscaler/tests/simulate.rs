@@ -405,3 +405,68 @@ fn the_sample_traces_are_what_trace_generates() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("exam-cliff"));
 }
+
+/// The daily-peak trace (two weeks, an unscheduled evening peak every day)
+/// through the same policy with and without `predictive`: in week two the
+/// forecast, learnt from week one, pre-scales before each peak and removes
+/// most violation seconds; week one, with no history yet, is the same.
+#[test]
+fn predictive_removes_most_of_the_second_weeks_violations_on_a_recurring_peak() {
+    let text = std::fs::read_to_string(repo().join("examples/traces/daily-peak.csv")).unwrap();
+    let trace = sim::trace::parse(&text).unwrap();
+    let base = "apiVersion: usher.dev/v1alpha1
+kind: ScalingPolicy
+metadata: {name: NAME}
+spec:
+  scaleTargetRef: {kind: Deployment, name: moodle}
+  pool: moodle
+  minReplicas: 4
+  maxReplicas: 80
+  target: {inFlightPerPod: 8}
+  metricsSource: {urls: ['http://127.0.0.1:9901/metrics']}
+";
+    let reactive = policy::from_str(&base.replace("NAME", "reactive")).unwrap();
+    let predictive = policy::from_str(&format!(
+        "{}  predictive: {{leadTime: 30m, weeks: 1, margin: 0.2}}\n",
+        base.replace("NAME", "predictive")
+    ))
+    .unwrap();
+    let mut cfg = config(
+        trace,
+        vec![
+            Contender::usher("reactive", reactive),
+            Contender::usher("predictive", predictive),
+        ],
+        Arrivals::Poisson,
+        1,
+    );
+    cfg.start = None; // the trace's own clock: Monday 2026-11-30 00:00 UTC
+    let report = sim::run(&cfg);
+    let week = |p: &sim::engine::Played, w: usize| -> u64 {
+        p.summary.daily_violations.iter().skip(7 * w).take(7).sum()
+    };
+    let (r, p) = (&report.played[0], &report.played[1]);
+    println!(
+        "violation seconds: reactive {} + {}, predictive {} + {}",
+        week(r, 0),
+        week(r, 1),
+        week(p, 0),
+        week(p, 1)
+    );
+    assert!(
+        week(r, 1) >= 50,
+        "the trace's peaks must hurt a reactive policy: {}",
+        week(r, 1)
+    );
+    assert_eq!(
+        week(p, 0),
+        week(r, 0),
+        "week one has no history: the two must match"
+    );
+    assert!(
+        week(p, 1) * 4 <= week(r, 1),
+        "predictive left {} of reactive's {} violation seconds in week two",
+        week(p, 1),
+        week(r, 1)
+    );
+}

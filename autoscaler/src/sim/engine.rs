@@ -129,7 +129,7 @@ pub fn play(
     let mut period: Vec<Second> = Vec::with_capacity(sync as usize);
     for (t, &arriving) in (0u64..).zip(arrivals) {
         let second = pods.serve(t, arriving);
-        let violation = summary.count(&second, setup.slo);
+        let violation = summary.count(t, &second, setup.slo);
         period.push(second);
         let mut reason = String::new();
         if t % sync == phase {

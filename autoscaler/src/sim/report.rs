@@ -25,13 +25,20 @@ pub struct Summary {
     /// Per surge in the trace: seconds from its start to the first
     /// scale-up (`None`: none within 10 minutes, before the next surge).
     pub reactions: Vec<Option<u64>>,
+    /// Violation seconds per simulated day (day 0 first).
+    pub daily_violations: Vec<u64>,
 }
 
 impl Summary {
-    /// Counts one simulated second; returns whether it broke the objective.
-    pub fn count(&mut self, s: &Second, slo: Duration) -> bool {
+    /// Counts simulated second `t`; returns whether it broke the objective.
+    pub fn count(&mut self, t: u64, s: &Second, slo: Duration) -> bool {
         let violation = s.failed > 0.0 || s.p95.is_some_and(|p| p > slo);
         self.violation_seconds += u64::from(violation);
+        let day = (t / 86_400) as usize;
+        if self.daily_violations.len() <= day {
+            self.daily_violations.resize(day + 1, 0);
+        }
+        self.daily_violations[day] += u64::from(violation);
         self.failed_requests += s.failed;
         self.pod_seconds += u64::from(s.replicas);
         self.peak_replicas = self.peak_replicas.max(s.replicas);
@@ -153,13 +160,14 @@ mod tests {
             replicas,
             ..Second::default()
         };
-        assert!(!s.count(&second(500, 0.0, 3), slo));
-        assert!(s.count(&second(501, 0.0, 5), slo));
-        assert!(s.count(&second(100, 2.0, 4), slo));
+        assert!(!s.count(0, &second(500, 0.0, 3), slo));
+        assert!(s.count(1, &second(501, 0.0, 5), slo));
+        assert!(s.count(86_400, &second(100, 2.0, 4), slo));
         assert_eq!(s.violation_seconds, 2);
         assert_eq!(s.failed_requests, 2.0);
         assert_eq!(s.pod_seconds, 12);
         assert_eq!(s.peak_replicas, 5);
+        assert_eq!(s.daily_violations, vec![1, 1]);
     }
 
     #[test]

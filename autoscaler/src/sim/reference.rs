@@ -15,10 +15,9 @@ pub const HPA_SYNC: Duration = Duration::from_secs(15);
 /// `base`: same scale target, pool, per-pod target and min/max replicas;
 /// no schedules and no forecast (neither has them).
 ///
-/// - `hpa-like`: decides every 15 s on the mean of its last two readings
-///   (a 16 s window: `decide()` starts its data over when ticks are a
-///   whole window apart, so a 15 s window would never allow a scale-down),
-///   tolerance 0.1, the HPA's default `behavior` (up:
+/// - `hpa-like`: decides every 15 s on the current reading (a 15 s
+///   window holds just the newest sample, as the HPA reads its metric once
+///   per sync), tolerance 0.1, the HPA's default `behavior` (up:
 ///   max(100%, 4 pods) per 15 s; down: 300 s stabilization, then 100% per
 ///   15 s), no panic mode.
 /// - `kpa-like`: decides every 2 s; 60 s stable and 6 s panic windows,
@@ -40,8 +39,8 @@ pub fn reference_policies(base: &Policy) -> Vec<(String, Policy, Duration)> {
     hpa.tolerance = 0.1;
     hpa.behavior = Behavior::hpa_defaults();
     hpa.surge = Surge {
-        stable_window: HPA_SYNC + Duration::from_secs(1),
-        panic_window: HPA_SYNC + Duration::from_secs(1),
+        stable_window: HPA_SYNC,
+        panic_window: HPA_SYNC,
         panic_threshold: f64::MAX,
     };
 

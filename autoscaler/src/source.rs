@@ -396,15 +396,8 @@ pub async fn query_range_minutes(
 
 /// Reads the first series of a range-vector answer.
 pub fn parse_range(text: &str) -> Result<Vec<(DateTime<Utc>, f64)>, String> {
-    let v: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| format!("the answer is not JSON: {e}"))?;
-    if v["status"] != "success" {
-        return Err(format!(
-            "query failed: {}",
-            v["error"].as_str().unwrap_or("no error message")
-        ));
-    }
-    let Some(series) = v["data"]["result"].as_array().and_then(|r| r.first()) else {
+    let result = query_result(text)?;
+    let Some(series) = result.first() else {
         return Ok(Vec::new());
     };
     let values = series["values"]
@@ -434,9 +427,9 @@ fn percent_encode(s: &str) -> String {
     out
 }
 
-/// Reads the one value of an instant-vector answer (`None` when empty).
-pub fn parse_instant_scalar(text: &str) -> Result<Option<f64>, String> {
-    let v: serde_json::Value =
+/// The `data.result` list of a successful Prometheus API answer.
+fn query_result(text: &str) -> Result<Vec<serde_json::Value>, String> {
+    let mut v: serde_json::Value =
         serde_json::from_str(text).map_err(|e| format!("the answer is not JSON: {e}"))?;
     if v["status"] != "success" {
         return Err(format!(
@@ -444,9 +437,15 @@ pub fn parse_instant_scalar(text: &str) -> Result<Option<f64>, String> {
             v["error"].as_str().unwrap_or("no error message")
         ));
     }
-    let result = v["data"]["result"]
-        .as_array()
-        .ok_or("the answer has no data.result list")?;
+    match v["data"]["result"].take() {
+        serde_json::Value::Array(list) => Ok(list),
+        _ => Err("the answer has no data.result list".to_string()),
+    }
+}
+
+/// Reads the one value of an instant-vector answer (`None` when empty).
+pub fn parse_instant_scalar(text: &str) -> Result<Option<f64>, String> {
+    let result = query_result(text)?;
     let Some(first) = result.first() else {
         return Ok(None);
     };

@@ -7,17 +7,13 @@
 
 #[path = "support/cluster.rs"]
 mod cluster;
+#[path = "support/web.rs"]
+mod web;
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Full};
-use hyper_util::client::legacy::Client as HttpClient;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
@@ -27,11 +23,9 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, CustomResourceExt};
 use serde_json::json;
-use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
 use tokio::sync::OnceCell;
 use usher_autoscaler::crd::ScalingPolicy;
-use usher_balancer::{Balancer, Options};
 
 use cluster::cluster;
 
@@ -115,89 +109,11 @@ fn chart_rules() -> Vec<PolicyRule> {
     serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// A backend that answers after `hold`.
-async fn slow_backend(hold: Duration) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |_req| async move {
-                    tokio::time::sleep(hold).await;
-                    Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(
-                        b"page",
-                    ))))
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    addr
-}
-
-/// A balancer in front of a slow backend, with its public and admin addresses.
-struct Lb {
-    _balancer: std::sync::Arc<Balancer>,
-    _dir: tempfile::TempDir,
-    public: SocketAddr,
-    admin: SocketAddr,
-}
-
-async fn balancer() -> Lb {
-    let backend = slow_backend(Duration::from_secs(60)).await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("balancer.yaml");
-    std::fs::write(
-        &path,
-        format!(
-            "listeners:\n  - name: public\n    bind: \"127.0.0.1:0\"\nadmin:\n  bind: \"127.0.0.1:0\"\nroutes:\n  - pool: lms\npools:\n  lms:\n    endpoints:\n      static: [\"{backend}\"]\n    timeouts: {{response: 120s}}\n"
-        ),
-    )
-    .unwrap();
-    let b = Balancer::start(
-        &path,
-        Options {
-            watch_interval: None,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
-    Lb {
-        public: b.listener_addr("public").unwrap(),
-        admin: b.admin_addr().unwrap(),
-        _balancer: b,
-        _dir: dir,
-    }
-}
-
-/// Holds `n` requests open through the balancer (until the test ends).
-fn hold_requests(public: SocketAddr, n: usize) {
-    for i in 0..n {
-        tokio::spawn(async move {
-            let client: HttpClient<_, Empty<Bytes>> =
-                HttpClient::builder(TokioExecutor::new()).build_http();
-            let url = format!("http://{public}/course/view.php?id={i}");
-            let _ = tokio::time::timeout(Duration::from_secs(90), client.get(url.parse().unwrap()))
-                .await;
-        });
-    }
-}
-
+/// The body of `url` (2 s at most).
 async fn get_text(url: &str) -> Option<String> {
-    let client: HttpClient<_, Empty<Bytes>> =
-        HttpClient::builder(TokioExecutor::new()).build_http();
-    let resp = tokio::time::timeout(Duration::from_secs(2), client.get(url.parse().ok()?))
+    web::get(url, Duration::from_secs(2))
         .await
-        .ok()?
-        .ok()?;
-    let body = resp.into_body().collect().await.ok()?.to_bytes();
-    Some(String::from_utf8_lossy(&body).into_owned())
+        .map(|(_, body)| body)
 }
 
 /// A sample's value in Prometheus text: the first line starting with `prefix`.
@@ -216,7 +132,7 @@ struct World {
     admin: Client,
     ns: String,
     kubeconfig: PathBuf,
-    lb: Lb,
+    lb: web::Lb,
     dir: tempfile::TempDir,
 }
 
@@ -273,7 +189,8 @@ async fn world(prefix: &str) -> World {
 
     // Two balancer pods: a Ready one at the real balancer's address, and one
     // that is not Ready (nothing listens at its IP) and must not be scraped.
-    let lb = balancer().await;
+    let backend = web::backend(Duration::from_secs(60)).await;
+    let lb = web::balancer("lms", backend, "    timeouts: {response: 120s}\n").await;
     let pods: Api<Pod> = Api::namespaced(admin.clone(), &ns);
     for (name, ip, ready) in [
         ("balancer-0", "127.0.0.1", "True"),
@@ -494,7 +411,7 @@ async fn the_leader_scales_through_the_scale_subresource_writes_status_and_recor
     w.policy().await;
     let a = w.autoscaler("only", &[]);
     // 40 requests held open at 10 per pod need 4 replicas.
-    hold_requests(w.lb.public, 40);
+    web::hold_requests(w.lb.public, 40);
     let started = Instant::now();
     wait_logged(
         "the Deployment to reach 4 replicas",
@@ -577,7 +494,7 @@ async fn dry_run_records_the_decision_and_changes_nothing() {
     let w = world("dry").await;
     w.policy().await;
     let a = w.autoscaler("dry", &["--dry-run"]);
-    hold_requests(w.lb.public, 40);
+    web::hold_requests(w.lb.public, 40);
     let status = wait_for(
         "the status to record desired 4",
         Duration::from_secs(40),
@@ -654,7 +571,7 @@ async fn two_instances_elect_one_leader_and_the_other_takes_over_when_it_dies() 
         "{holder} took over {:?} after the leader died",
         killed.elapsed()
     );
-    hold_requests(w.lb.public, 40);
+    web::hold_requests(w.lb.public, 40);
     wait_for(
         "the new leader to scale to 4",
         Duration::from_secs(40),
@@ -772,7 +689,7 @@ spec:
     )
     .unwrap();
     let a = w.autoscaler("files", &["--no-crd", "--policies", dir.to_str().unwrap()]);
-    hold_requests(w.lb.public, 30);
+    web::hold_requests(w.lb.public, 30);
     wait_logged(
         "the Deployment to reach 3 replicas",
         Duration::from_secs(40),

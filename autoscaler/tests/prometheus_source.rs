@@ -2,54 +2,14 @@
 //! `prometheus`, installed by tests/run.sh) scrapes a real balancer, and the
 //! autoscaler's reader gets the pool's demand back through the HTTP API.
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
+#[path = "support/web.rs"]
+mod web;
+
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpListener;
 use usher_autoscaler::policy;
 use usher_autoscaler::source::Reader;
-use usher_balancer::{Balancer, Options};
-
-async fn slow_backend(hold: Duration) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |_req| async move {
-                    tokio::time::sleep(hold).await;
-                    Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(
-                        b"page",
-                    ))))
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    addr
-}
-
-async fn get(url: &str, limit: Duration) -> Option<(u16, String)> {
-    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let resp = tokio::time::timeout(limit, client.get(url.parse().ok()?))
-        .await
-        .ok()?
-        .ok()?;
-    let status = resp.status().as_u16();
-    let body = resp.into_body().collect().await.ok()?.to_bytes();
-    Some((status, String::from_utf8_lossy(&body).into_owned()))
-}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -61,27 +21,10 @@ fn free_port() -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pool_demand_comes_back_through_prometheus() {
-    let backend = slow_backend(Duration::from_secs(60)).await;
+    let backend = web::backend(Duration::from_secs(60)).await;
+    let lb = web::balancer("lms", backend, "    timeouts: {response: 120s}\n").await;
+    let (public, admin) = (lb.public, lb.admin);
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("balancer.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "listeners:\n  - name: public\n    bind: \"127.0.0.1:0\"\nadmin:\n  bind: \"127.0.0.1:0\"\nroutes:\n  - pool: lms\npools:\n  lms:\n    endpoints:\n      static: [\"{backend}\"]\n    timeouts: {{response: 120s}}\n"
-        ),
-    )
-    .unwrap();
-    let balancer = Balancer::start(
-        &config,
-        Options {
-            watch_interval: None,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
-    let public = balancer.listener_addr("public").unwrap();
-    let admin = balancer.admin_addr().unwrap();
 
     let port = free_port();
     let prom_config = dir.path().join("prometheus.yml");
@@ -107,7 +50,7 @@ async fn the_pool_demand_comes_back_through_prometheus() {
         .expect("prometheus is not installed (tests/run.sh installs Debian's `prometheus`)");
     let base = format!("http://127.0.0.1:{port}");
     let start = Instant::now();
-    while get(&format!("{base}/-/ready"), Duration::from_secs(2))
+    while web::get(&format!("{base}/-/ready"), Duration::from_secs(2))
         .await
         .map(|r| r.0)
         != Some(200)
@@ -125,12 +68,7 @@ async fn the_pool_demand_comes_back_through_prometheus() {
     }
 
     // 12 requests held open through the balancer.
-    for i in 0..12 {
-        tokio::spawn(async move {
-            let url = format!("http://{public}/course/view.php?id={i}");
-            let _ = get(&url, Duration::from_secs(90)).await;
-        });
-    }
+    web::hold_requests(public, 12);
 
     let policy = policy::from_str(&format!(
         "apiVersion: usher.dev/v1alpha1

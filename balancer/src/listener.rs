@@ -25,12 +25,17 @@ use crate::tls::{self, SniResolver};
 pub struct ListenerRuntime {
     /// Limits applied to new connections.
     pub limits: Limits,
+    /// The listener's name, for access logs.
+    pub name: Arc<str>,
+    /// Whether new connections log each request.
+    pub access_log: bool,
     builder: auto::Builder<TokioExecutor>,
 }
 
 impl ListenerRuntime {
-    /// Builds the connection builder for `limits`.
-    pub fn new(limits: &Limits) -> Self {
+    /// Builds the connection settings of listener `config`.
+    pub fn new(config: &crate::config::Listener) -> Self {
+        let limits = &config.limits;
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
@@ -45,6 +50,8 @@ impl ListenerRuntime {
             .keep_alive_interval(Some(std::time::Duration::from_secs(30)));
         Self {
             limits: limits.clone(),
+            name: Arc::from(config.name.as_str()),
+            access_log: config.access_log,
             builder,
         }
     }
@@ -70,7 +77,7 @@ impl BoundListener {
         Ok(Self {
             name: config.name.clone(),
             local_addr: tcp.local_addr()?,
-            runtime: ArcSwap::from_pointee(ListenerRuntime::new(&config.limits)),
+            runtime: ArcSwap::from_pointee(ListenerRuntime::new(config)),
             resolver: config.tls.as_ref().map(|t| Arc::new(SniResolver::new(t))),
             tcp: std::sync::Mutex::new(Some(tcp)),
         })
@@ -78,9 +85,9 @@ impl BoundListener {
 
     /// Applies a reloaded listener config to new connections and handshakes.
     pub fn update(&self, config: &Listener) {
-        if self.runtime.load().limits != config.limits {
-            self.runtime
-                .store(Arc::new(ListenerRuntime::new(&config.limits)));
+        let current = self.runtime.load();
+        if current.limits != config.limits || current.access_log != config.access_log {
+            self.runtime.store(Arc::new(ListenerRuntime::new(config)));
         }
         match (&self.resolver, &config.tls) {
             (Some(r), Some(t)) => r.update(t),
@@ -205,6 +212,8 @@ async fn serve_connection<I>(
         peer,
         proto,
         max_body_bytes: runtime.limits.max_body_bytes,
+        listener: runtime.name.clone(),
+        access_log: runtime.access_log,
     });
     let shared_for_service = shared.clone();
     // hyper's header_read_timeout only starts once HTTP/1 parsing has begun:

@@ -1,4 +1,5 @@
-//! The real binary and real signals: SIGTERM drains and exits, SIGHUP reloads.
+//! The real binary and real signals: SIGTERM drains and exits, SIGHUP
+//! reloads; and its logs (the per-listener access log).
 
 mod common;
 
@@ -92,6 +93,39 @@ impl Proc {
             .iter()
             .find(|v| v["message"] == message)
             .cloned()
+    }
+
+    /// Access log lines so far.
+    fn access_lines(&self) -> usize {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|v| v["target"] == "usher::access")
+            .count()
+    }
+
+    /// Waits (up to 10 s) for an access log line.
+    async fn wait_access_log(&self) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let found = self
+                .log
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|v| v["target"] == "usher::access")
+                .cloned();
+            if let Some(v) = found {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no access log line: {:?}",
+                self.messages()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     fn messages(&self) -> Vec<String> {
@@ -421,4 +455,49 @@ fn run_binary(config: &Path) -> std::process::Output {
         std::thread::sleep(Duration::from_millis(20));
     }
     child.wait_with_output().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_writes_one_json_line_per_request_when_enabled() {
+    let (slow, _gate) = gated("slow").await;
+    let a = Backend::named("a").await;
+    let yaml = two_pools(&slow, &[&a], "").replace(
+        "    bind: \"127.0.0.1:0\"\nadmin:",
+        "    bind: \"127.0.0.1:0\"\n    accessLog: true\nadmin:",
+    );
+    assert!(yaml.contains("accessLog: true"), "{yaml}");
+    let mut p = Proc::start(&yaml).await;
+    let http = client();
+    let (status, _) = get(&http, &p.url("/course/view.php?id=7&sesskey=secret"))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let line = p.wait_access_log().await;
+    assert_eq!(line["target"], "usher::access", "{line}");
+    assert_eq!(line["listener"], "public");
+    assert_eq!(line["method"], "GET");
+    assert_eq!(
+        line["path"], "/course/view.php",
+        "the query string is not logged"
+    );
+    assert_eq!(line["status"], 200);
+    assert_eq!(line["pool"], "web");
+    assert_eq!(line["client"], "127.0.0.1");
+    assert!(line["duration_ms"].as_f64().is_some(), "{line}");
+    assert!(
+        line["request_id"].as_str().is_some_and(|s| !s.is_empty()),
+        "{line}"
+    );
+    assert!(!line.to_string().contains("secret"));
+
+    // Off (the default): no access lines.
+    p.rewrite(&two_pools(&slow, &[&a], ""));
+    p.signal("HUP");
+    p.wait_log("config reloaded").await;
+    let before = p.access_lines();
+    // New connections follow the reloaded listener settings.
+    let (status, _) = get(&client(), &p.url("/")).await.unwrap();
+    assert_eq!(status, 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(p.access_lines(), before, "logged with accessLog off");
 }

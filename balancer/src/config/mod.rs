@@ -51,6 +51,8 @@ pub struct Listener {
     pub tls: Option<Tls>,
     /// Client-side limits.
     pub limits: Limits,
+    /// Log one line per request.
+    pub access_log: bool,
 }
 
 /// TLS termination settings with their loaded certificates.

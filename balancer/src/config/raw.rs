@@ -46,6 +46,9 @@ pub struct RawListener {
     /// Request limits and timeouts on the client side.
     #[serde(default)]
     pub limits: Option<RawLimits>,
+    /// Log one line per request (target `usher::access`).
+    #[serde(default)]
+    pub access_log: Option<bool>,
 }
 
 /// TLS settings of a listener.

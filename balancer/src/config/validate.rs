@@ -247,6 +247,7 @@ fn listener(l: RawListener, at: &str, base: &Path) -> Result<Listener> {
         bind,
         tls,
         limits,
+        access_log: l.access_log.unwrap_or(false),
     })
 }
 

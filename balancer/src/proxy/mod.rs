@@ -33,6 +33,10 @@ pub struct ConnInfo {
     pub proto: &'static str,
     /// Largest request body accepted.
     pub max_body_bytes: u64,
+    /// The listener's name.
+    pub listener: Arc<str>,
+    /// Whether to log each request (target `usher::access`).
+    pub access_log: bool,
 }
 
 /// Serves one client request. Never fails: errors become 4xx/5xx responses.
@@ -41,21 +45,48 @@ pub async fn handle(
     conn: Arc<ConnInfo>,
     mut req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
+    let started = Instant::now();
     let snapshot = shared.snapshot.load_full();
     let request_id = headers::ensure_request_id(req.headers_mut());
     let host = headers::request_host(req.uri(), req.headers());
+    // What the access log needs, taken before the request moves on. The
+    // query string is left out: LMS URLs carry session keys there.
+    let logged = conn.access_log.then(|| {
+        (
+            req.method().clone(),
+            req.uri().path().to_string(),
+            req.version(),
+        )
+    });
+    let mut pool_name = None;
     let mut resp = match snapshot.route(host.as_deref().unwrap_or_default(), req.uri().path()) {
         None => local(
             StatusCode::NOT_FOUND,
             "usher: no route matches this host and path",
         ),
         Some((route, pool)) => {
+            pool_name = Some(pool.settings.name.clone());
             let resp =
                 serve_route(&shared, &conn, &snapshot, route, pool, req, host.as_deref()).await;
             pool.live.count_response(resp.status().as_u16());
             resp
         }
     };
+    if let Some((method, path, version)) = logged {
+        tracing::info!(
+            target: "usher::access",
+            listener = %conn.listener,
+            client = %conn.peer.ip(),
+            method = %method,
+            host = host.as_deref().unwrap_or("-"),
+            path = %path,
+            version = ?version,
+            status = resp.status().as_u16(),
+            pool = pool_name.as_deref().unwrap_or("-"),
+            duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+            request_id = request_id.to_str().unwrap_or("-"),
+        );
+    }
     resp.headers_mut()
         .entry(&headers::X_REQUEST_ID)
         .or_insert(request_id);

@@ -117,4 +117,11 @@ async fn login_sets_a_session_cookie_and_pages_answer() {
         other["set-cookie"], headers["set-cookie"],
         "each login gets its own session"
     );
+    let (status, headers, _) = get(sim.addr, "/logout").await;
+    assert_eq!(status, 200);
+    let cookie = headers["set-cookie"].to_str().unwrap();
+    assert!(
+        cookie.starts_with("MoodleSession=") && cookie.contains("Max-Age=0"),
+        "logout expires the session cookie: {cookie}"
+    );
 }

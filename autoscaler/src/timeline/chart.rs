@@ -59,7 +59,8 @@ pub fn render_chart_with(
 ) -> Result<(), String> {
     let (t0, t1) = span(timelines).ok_or("nothing to draw: every timeline is empty")?;
     let step = ((t1 - t0) / MAX_POINTS as f64).ceil().max(1.0);
-    // The x axis counts minutes, hours or days, so its ticks fall on round times.
+    // The x axis counts seconds, minutes, hours or days, so its ticks fall
+    // on round times.
     let unit = unit_for(t1 - t0);
     let series: Vec<(&str, Vec<Row>)> = timelines
         .iter()
@@ -94,9 +95,12 @@ fn span(timelines: &[Timeline]) -> Option<(f64, f64)> {
     Some((lo, hi + 1.0))
 }
 
-/// Seconds per x-axis unit: minutes up to 3 h, hours up to 3 days, else days.
+/// Seconds per x-axis unit: seconds up to 10 min (a live demo), minutes up
+/// to 3 h, hours up to 3 days, else days.
 fn unit_for(span: f64) -> f64 {
-    if span <= 3.0 * 3600.0 {
+    if span <= SHORT_SPAN {
+        1.0
+    } else if span <= 3.0 * 3600.0 {
         60.0
     } else if span <= 3.0 * 86_400.0 {
         3600.0
@@ -105,12 +109,18 @@ fn unit_for(span: f64) -> f64 {
     }
 }
 
-/// Elapsed time as `h:mm`, or `Nd hh:mm` for spans over two days.
+/// Spans up to this many seconds are labelled in seconds.
+const SHORT_SPAN: f64 = 600.0;
+
+/// Elapsed time as `m:ss` for spans up to 10 min, `h:mm`, or `Nd hh:mm`
+/// for spans over two days.
 fn label_for(span: f64) -> impl Fn(&f64) -> String {
     move |t: &f64| {
         let s = t.max(0.0) as u64;
         let (d, h, m) = (s / 86_400, s % 86_400 / 3600, s % 3600 / 60);
-        if span > 2.0 * 86_400.0 {
+        if span <= SHORT_SPAN {
+            format!("{}:{:02}", s / 60, s % 60)
+        } else if span > 2.0 * 86_400.0 {
             format!("{d}d {h:02}:{m:02}")
         } else {
             format!("{}:{m:02}", d * 24 + h)
@@ -413,6 +423,9 @@ mod tests {
     #[test]
     fn time_labels() {
         assert_eq!(label_for(7200.0)(&3660.0), "1:01");
+        assert_eq!(label_for(135.0)(&75.0), "1:15", "a two-minute demo in m:ss");
+        assert_eq!(unit_for(135.0), 1.0);
+        assert_eq!(unit_for(7200.0), 60.0);
         assert_eq!(label_for(14.0 * 86_400.0)(&(86_400.0 + 7200.0)), "1d 02:00");
     }
 }

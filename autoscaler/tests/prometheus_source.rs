@@ -105,20 +105,30 @@ spec:
     assert_eq!(reading.queued, 0.0);
     assert!(reading.complete());
 
-    // Predictive history comes back from query_range as minute points.
+    // Predictive history comes back from query_range as minute points (the
+    // newest point can lag the instant query by a scrape: poll, bounded).
     let query = usher_autoscaler::source::demand_query(&policy, Some("namespace=\"lms\"")).unwrap();
-    let now = chrono::Utc::now();
-    let points = usher_autoscaler::source::query_range_minutes(
-        &base,
-        &query,
-        now - chrono::Duration::minutes(3),
-        now,
-        Duration::from_secs(5),
-    )
-    .await
-    .unwrap();
-    assert!(!points.is_empty(), "no range points for {query}");
-    assert_eq!(points.last().unwrap().1, 12.0, "{points:?}");
+    let start = Instant::now();
+    loop {
+        let now = chrono::Utc::now();
+        let points = usher_autoscaler::source::query_range_minutes(
+            &base,
+            &query,
+            now - chrono::Duration::minutes(3),
+            now + chrono::Duration::seconds(1),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        if points.last().is_some_and(|p| p.1 == 12.0) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "query_range never showed 12 for {query}: {points:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 
     // A pool Prometheus has no series for is an error, not zero demand.
     let mut other = policy.clone();

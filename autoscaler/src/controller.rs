@@ -102,6 +102,17 @@ struct PolicyLoop {
 type Loops = Mutex<HashMap<String, Arc<tokio::sync::Mutex<PolicyLoop>>>>;
 type PodStores = Mutex<HashMap<String, Store<Pod>>>;
 
+/// What one tick saw and did.
+#[derive(Debug, Clone)]
+pub struct Ticked {
+    /// The runner's step: the decision and what it was given.
+    pub step: Step,
+    /// The target's replicas before acting.
+    pub replicas: Replicas,
+    /// When and why the target was last scaled by this instance.
+    pub last_scale: Option<(DateTime<Utc>, String)>,
+}
+
 /// Shared by every reconcile.
 pub struct Context {
     client: Client,
@@ -243,14 +254,13 @@ impl Context {
         }
     }
 
-    /// One tick of `policy`: read, decide and (as leader) act. Returns the
-    /// step and whether the target was scaled.
+    /// One tick of `policy`: read, decide and (as leader) act.
     pub async fn tick(
         &self,
         key: &str,
         policy: &Policy,
         regarding: &ObjectReference,
-    ) -> Result<(Step, Replicas), Error> {
+    ) -> Result<Ticked, Error> {
         let started = Instant::now();
         let namespace = self.namespace_of(policy);
         let state = self.policy_loop(key, policy);
@@ -360,7 +370,11 @@ impl Context {
                 }
             }
         }
-        Ok((step, replicas))
+        Ok(Ticked {
+            step,
+            replicas,
+            last_scale: state.runner.last_scale().cloned(),
+        })
     }
 }
 
@@ -452,12 +466,12 @@ pub async fn reconcile(obj: Arc<ScalingPolicy>, ctx: Arc<Context>) -> Result<Act
     let regarding = obj.object_ref(&());
     let result = ctx.tick(&key, &policy, &regarding).await;
     if ctx.is_leader() {
-        let status = status_for(&obj, &ctx, &key, &result);
+        let status = status_for(&obj, &ctx, &result);
         if obj.status.as_ref() != Some(&status) {
             write_status(&ctx, &obj, status).await?;
         }
     }
-    let (_step, _replicas) = result?;
+    result?;
     ctx.failures.lock().expect("failures lock").remove(&key);
     Ok(Action::requeue(policy.metrics.interval))
 }
@@ -512,8 +526,7 @@ fn set_condition(
 fn status_for(
     obj: &ScalingPolicy,
     ctx: &Context,
-    key: &str,
-    result: &Result<(Step, Replicas), Error>,
+    result: &Result<Ticked, Error>,
 ) -> ScalingPolicyStatus {
     let now = Utc::now();
     let mut status = obj.status.clone().unwrap_or_default();
@@ -533,17 +546,17 @@ fn status_for(
                 now,
             );
         }
-        Ok((step, replicas)) => {
+        Ok(Ticked {
+            step,
+            replicas,
+            last_scale,
+        }) => {
             status.current_replicas = Some(replicas.current);
             status.ready_replicas = Some(replicas.ready);
             status.desired_replicas = Some(step.decision.desired);
             status.mode = Some(step.decision.mode.as_str().to_string());
             status.forecast_replicas = step.decision.forecast;
-            let state = ctx.loops.lock().expect("loops lock").get(key).cloned();
-            if let Some(state) = state
-                && let Ok(state) = state.try_lock()
-                && let Some((at, reason)) = state.runner.last_scale()
-            {
+            if let Some((at, reason)) = last_scale {
                 status.last_scale_time =
                     Some(at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
                 status.last_scale_reason = Some(truncate(reason, 1024));

@@ -45,8 +45,6 @@ pub struct Record {
     pub renew_time: Option<String>,
     /// The lease duration the holder asked for.
     pub duration: Option<Duration>,
-    /// Number of holder changes so far.
-    pub transitions: i32,
 }
 
 /// What to do with the Lease now.
@@ -147,7 +145,6 @@ pub fn record_of(lease: &Lease) -> Record {
             .lease_duration_seconds
             .and_then(|s| u64::try_from(s).ok())
             .map(Duration::from_secs),
-        transitions: spec.lease_transitions.unwrap_or(0),
     }
 }
 
@@ -283,7 +280,6 @@ mod tests {
             holder: Some(holder.into()),
             renew_time: Some(renew.into()),
             duration: Some(Duration::from_secs(15)),
-            transitions: 1,
         }
     }
 

@@ -341,7 +341,11 @@ pub async fn run(
     let urls = urls_of(&policy)?;
     let key = format!("local/{}", policy.name);
     let dry_run = settings.dry_run;
-    let history_file = settings.history_file.clone();
+    // History is kept only for a predictive policy.
+    let history_file = policy
+        .predictive
+        .as_ref()
+        .and(settings.history_file.clone());
     metrics.set_dry_run(dry_run);
     metrics.set_leader(true);
     let initial = settings.initial.unwrap_or(policy.min_replicas);
@@ -351,7 +355,6 @@ pub async fn run(
         .await
         .map_err(|e| format!("starting the first copies: {e}"))?;
     let mut runner = Runner::new(policy.clone());
-    let history_file = settings_history(&policy, &history_file);
     if let Some(path) = &history_file {
         match load_history(path, runner.demand_history_mut()) {
             Ok(n) => {
@@ -436,10 +439,6 @@ pub async fn run(
     }
     target.shutdown().await;
     Ok(())
-}
-
-fn settings_history(policy: &Policy, file: &Option<PathBuf>) -> Option<PathBuf> {
-    policy.predictive.as_ref().and(file.clone())
 }
 
 /// Reads a history file (`minute,demand` CSV with an RFC 3339 minute) into

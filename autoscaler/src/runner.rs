@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 
 use crate::decide::forecast::{self, DemandHistory};
-use crate::decide::{Decision, History, Mode, Observation, current_demand, decide};
+use crate::decide::{Decision, History, Mode, Observation, decide, demand};
 use crate::policy::Policy;
 use crate::source::Reading;
 
@@ -122,7 +122,7 @@ impl Runner {
             .last_reading
             .filter(|(at, _)| now - *at <= stale_after)
             .map(|(_, r)| r);
-        let observation = Observation {
+        let mut observation = Observation {
             ready_replicas: replicas.ready,
             current_replicas: replicas.current,
             in_flight: fresh.map(|r| r.in_flight),
@@ -132,11 +132,10 @@ impl Runner {
             partial: fresh.is_some_and(|r| !r.complete()),
             forecast: None,
         };
-        let mut observation = observation;
         if let Some(p) = &self.policy.predictive {
-            if let Some((demand, _)) = current_demand(&self.policy, &observation) {
+            if let Some((d, _)) = demand(&self.policy, &observation) {
                 let keep = forecast::retention(p.weeks, p.lead_time);
-                self.demand_history.record(now, demand, keep);
+                self.demand_history.record(now, d, keep);
             }
             observation.forecast =
                 forecast::forecast(&self.demand_history, now, p.lead_time, p.weeks, p.margin)

@@ -199,18 +199,10 @@ impl PrometheusSource {
     /// A source querying `base` (e.g. `http://prometheus:9090`) for `pool`,
     /// adding `matchers` (e.g. `namespace="lms"`) to every selector.
     pub fn new(base: &str, pool: &str, matchers: Option<&str>) -> Self {
-        let mut selector = format!(
-            "pool=\"{}\"",
-            pool.replace('\\', "\\\\").replace('"', "\\\"")
-        );
-        if let Some(m) = matchers {
-            selector.push(',');
-            selector.push_str(m);
-        }
         Self {
             client: http_client(),
             base: base.trim_end_matches('/').to_string(),
-            selector,
+            selector: pool_selector(pool, matchers),
         }
     }
 
@@ -343,17 +335,24 @@ impl Reader {
     }
 }
 
-/// The PromQL for a policy's demand in its target's unit (`None` for a
-/// latency target), as predictive history.
-pub fn demand_query(policy: &crate::policy::Policy, matchers: Option<&str>) -> Option<String> {
+/// The label matchers of `pool`'s series: `pool="…"` (escaped), then
+/// `matchers` as given.
+fn pool_selector(pool: &str, matchers: Option<&str>) -> String {
     let mut s = format!(
         "pool=\"{}\"",
-        policy.pool.replace('\\', "\\\\").replace('"', "\\\"")
+        pool.replace('\\', "\\\\").replace('"', "\\\"")
     );
     if let Some(m) = matchers {
         s.push(',');
         s.push_str(m);
     }
+    s
+}
+
+/// The PromQL for a policy's demand in its target's unit (`None` for a
+/// latency target), as predictive history.
+pub fn demand_query(policy: &crate::policy::Policy, matchers: Option<&str>) -> Option<String> {
+    let s = pool_selector(&policy.pool, matchers);
     match policy.target {
         crate::policy::Target::InFlightPerPod(_) => Some(format!(
             "sum(usher_balancer_pool_in_flight_requests{{{s}}}) + (sum(usher_balancer_pool_queue_depth{{{s}}}) or vector(0))"

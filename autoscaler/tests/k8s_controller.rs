@@ -314,6 +314,18 @@ spec:
         d.spec.unwrap().replicas.unwrap()
     }
 
+    /// Waits (40 s at most) for the Deployment to ask for `n` replicas,
+    /// showing `logs` on a timeout.
+    async fn wait_replicas(&self, n: i32, logs: &[&Autoscaler]) {
+        wait_logged(
+            &format!("the Deployment to reach {n} replicas"),
+            Duration::from_secs(40),
+            logs,
+            || async { (self.replicas().await == n).then_some(()) },
+        )
+        .await;
+    }
+
     async fn status(&self) -> Option<serde_json::Value> {
         let p = Api::<ScalingPolicy>::namespaced(self.admin.clone(), &self.ns)
             .get("lms")
@@ -413,13 +425,7 @@ async fn the_leader_scales_through_the_scale_subresource_writes_status_and_recor
     // 40 requests held open at 10 per pod need 4 replicas.
     web::hold_requests(w.lb.public, 40);
     let started = Instant::now();
-    wait_logged(
-        "the Deployment to reach 4 replicas",
-        Duration::from_secs(40),
-        &[&a],
-        || async { (w.replicas().await == 4).then_some(()) },
-    )
-    .await;
+    w.wait_replicas(4, &[&a]).await;
     println!("scaled to 4 in {:?}", started.elapsed());
 
     let status = wait_for(
@@ -572,12 +578,7 @@ async fn two_instances_elect_one_leader_and_the_other_takes_over_when_it_dies() 
         killed.elapsed()
     );
     web::hold_requests(w.lb.public, 40);
-    wait_for(
-        "the new leader to scale to 4",
-        Duration::from_secs(40),
-        || async { (w.replicas().await == 4).then_some(()) },
-    )
-    .await;
+    w.wait_replicas(4, &[follower]).await;
     assert_eq!(
         follower.metric("usher_autoscaler_leader ").await,
         Some(1.0),
@@ -690,13 +691,7 @@ spec:
     .unwrap();
     let a = w.autoscaler("files", &["--no-crd", "--policies", dir.to_str().unwrap()]);
     web::hold_requests(w.lb.public, 30);
-    wait_logged(
-        "the Deployment to reach 3 replicas",
-        Duration::from_secs(40),
-        &[&a],
-        || async { (w.replicas().await == 3).then_some(()) },
-    )
-    .await;
+    w.wait_replicas(3, &[&a]).await;
     // The Event regards the Deployment (there is no policy object).
     let e = wait_for("a ScaledUp Event", Duration::from_secs(10), || async {
         w.events()

@@ -111,8 +111,9 @@ impl History {
     }
 }
 
-/// The demand in the policy's unit and the per-pod target, if observed.
-fn demand(policy: &Policy, obs: &Observation) -> Option<(f64, f64)> {
+/// The demand in the policy's unit and the per-pod target, if observed:
+/// what the windows average and predictive history records.
+pub fn demand(policy: &Policy, obs: &Observation) -> Option<(f64, f64)> {
     match policy.target {
         Target::InFlightPerPod(t) => Some((obs.in_flight? + obs.queued.unwrap_or(0.0), t)),
         Target::RequestsPerSecondPerPod(t) => Some((obs.requests_per_second?, t)),
@@ -355,12 +356,6 @@ fn forecast_pods(policy: &Policy, obs: &Observation) -> Option<u32> {
         Target::LatencyP95(_) => return None,
     };
     Some(pods_for(obs.forecast?, per_pod))
-}
-
-/// The current demand in the policy's unit and the per-pod target (what
-/// the windows average and predictive history records).
-pub fn current_demand(policy: &Policy, obs: &Observation) -> Option<(f64, f64)> {
-    demand(policy, obs)
 }
 
 /// How long scale events matter: the longest rate-policy period.

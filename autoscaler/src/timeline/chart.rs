@@ -9,6 +9,7 @@
 use std::path::Path;
 
 use plotters::coord::Shift;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 use super::{Row, Timeline, downsample};
@@ -171,16 +172,21 @@ where
         .map_err(err)
 }
 
-fn draw_load(
-    area: &Area<'_>,
-    series: &[(&str, Vec<Row>)],
+type LinearChart<'a, 'b> =
+    ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// A panel with a linear y axis from 0 to `top`, its caption and mesh drawn.
+fn linear_panel<'a, 'b>(
+    area: &'a Area<'b>,
+    caption: &str,
     x: std::ops::Range<f64>,
+    top: f64,
+    y_desc: &str,
     label_t: &dyn Fn(&f64) -> String,
-) -> Result<(), String> {
-    let top = max_of(series, |r| r.offered_rps.max(r.served_rps)).max(1.0) * 1.1;
+) -> Result<LinearChart<'a, 'b>, String> {
     let mut chart = ChartBuilder::on(area)
         .margin(8)
-        .caption("load", (FONT, 15))
+        .caption(caption, (FONT, 15))
         .x_label_area_size(24)
         .y_label_area_size(64)
         .build_cartesian_2d(x, 0.0..top)
@@ -188,11 +194,22 @@ fn draw_load(
     chart
         .configure_mesh()
         .x_label_formatter(label_t)
-        .y_desc("requests/s")
+        .y_desc(y_desc)
         .y_label_formatter(&|v| format!("{v:.0}"))
         .light_line_style(BLACK.mix(0.05))
         .draw()
         .map_err(err)?;
+    Ok(chart)
+}
+
+fn draw_load(
+    area: &Area<'_>,
+    series: &[(&str, Vec<Row>)],
+    x: std::ops::Range<f64>,
+    label_t: &dyn Fn(&f64) -> String,
+) -> Result<(), String> {
+    let top = max_of(series, |r| r.offered_rps.max(r.served_rps)).max(1.0) * 1.1;
+    let mut chart = linear_panel(area, "load", x, top, "requests/s", label_t)?;
     let grey = RGBColor(120, 120, 120);
     if let Some((_, rows)) = series.first() {
         chart
@@ -230,24 +247,14 @@ fn draw_replicas(
     label_t: &dyn Fn(&f64) -> String,
 ) -> Result<(), String> {
     let top = (max_of(series, |r| f64::from(r.replicas.max(r.desired))) * 1.1).max(2.0);
-    let mut chart = ChartBuilder::on(area)
-        .margin(8)
-        .caption(
-            "replicas (solid), decision (dashed), ready (thin); panic mode shaded",
-            (FONT, 15),
-        )
-        .x_label_area_size(24)
-        .y_label_area_size(64)
-        .build_cartesian_2d(x, 0.0..top)
-        .map_err(err)?;
-    chart
-        .configure_mesh()
-        .x_label_formatter(label_t)
-        .y_desc("pods")
-        .y_label_formatter(&|v| format!("{v:.0}"))
-        .light_line_style(BLACK.mix(0.05))
-        .draw()
-        .map_err(err)?;
+    let mut chart = linear_panel(
+        area,
+        "replicas (solid), decision (dashed), ready (thin); panic mode shaded",
+        x,
+        top,
+        "pods",
+        label_t,
+    )?;
     for (i, (_, rows)) in series.iter().enumerate() {
         let c = color(i);
         chart

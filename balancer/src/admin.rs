@@ -2,7 +2,8 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
@@ -16,6 +17,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::connection::{Activity, ConnLimit};
 use crate::state::Shared;
 
 /// Serves the admin endpoints until `stop` is cancelled.
@@ -29,30 +31,80 @@ pub async fn serve(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(std::time::Duration::from_secs(10));
+        .header_read_timeout(ADMIN_HEADER_TIMEOUT);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    // Scrapers and people: a few connections. Silent or idle ones are
+    // closed, and past the limit new ones wait in the backlog, so the admin
+    // port cannot hold the process's files.
+    let limit = Arc::new(ConnLimit::default());
+    let mut backoff = crate::connection::accept_backoff();
     loop {
+        let place = tokio::select! {
+            () = stop.cancelled() => break,
+            p = limit.acquire(|| ADMIN_MAX_CONNECTIONS) => p,
+        };
         let stream = tokio::select! {
             () = stop.cancelled() => break,
             r = tcp.accept() => match r {
-                Ok((s, _)) => s,
-                Err(_) => { tokio::time::sleep(std::time::Duration::from_millis(50)).await; continue }
+                Ok((s, _)) => {
+                    backoff = crate::connection::accept_backoff();
+                    s
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "admin accept failed; backing off");
+                    drop(place);
+                    tokio::time::sleep(backoff.next().unwrap_or(Duration::from_secs(1))).await;
+                    continue;
+                }
             },
         };
         let shared = shared.clone();
         let registry = registry.clone();
         let builder = builder.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let shared = shared.clone();
-                let registry = registry.clone();
-                async move { Ok::<_, Infallible>(route(&shared, &registry, &req)) }
+            let _place = place;
+            let started = Arc::new(AtomicBool::new(false));
+            let activity = Arc::new(Activity::default());
+            let service = service_fn({
+                let started = started.clone();
+                let activity = activity.clone();
+                move |req| {
+                    started.store(true, Ordering::Relaxed);
+                    let _busy = activity.busy();
+                    let resp = route(&shared, &registry, &req);
+                    async move { Ok::<_, Infallible>(resp) }
+                }
             });
-            let _ = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let first_request = async {
+                tokio::time::sleep(ADMIN_HEADER_TIMEOUT).await;
+                if started.load(Ordering::Relaxed) {
+                    std::future::pending::<()>().await;
+                }
+            };
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                () = first_request => {}
+                () = activity.idle_for(ADMIN_IDLE_TIMEOUT) => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(ADMIN_IDLE_TIMEOUT, conn).await;
+                }
+            }
         });
     }
 }
+
+/// Time a client of the admin listener has to send its request headers.
+const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// An admin connection with no request in progress this long is closed.
+const ADMIN_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Most admin connections open at once.
+const ADMIN_MAX_CONNECTIONS: usize = 256;
 
 fn respond(
     status: StatusCode,
@@ -82,9 +134,18 @@ fn authorized(shared: &Shared, req: &Request<Incoming>) -> bool {
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(bearer_token)
         .unwrap_or_default();
     constant_time_eq(given.as_bytes(), token.as_bytes())
+}
+
+/// The token of an `Authorization: Bearer <token>` value; the scheme name
+/// is case-insensitive (RFC 9110 §11.1).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim_start())
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -195,4 +256,18 @@ pub fn status_json(shared: &Shared) -> serde_json::Value {
         "configFile": snapshot.config.source.display().to_string(),
         "pools": pools,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_token;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        assert_eq!(bearer_token("Bearer s3cret"), Some("s3cret"));
+        assert_eq!(bearer_token("bearer s3cret"), Some("s3cret"));
+        assert_eq!(bearer_token("BEARER  s3cret"), Some("s3cret"));
+        assert_eq!(bearer_token("Basic s3cret"), None);
+        assert_eq!(bearer_token("Bearers3cret"), None);
+    }
 }

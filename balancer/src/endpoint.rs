@@ -386,11 +386,15 @@ impl EndpointState {
     }
 
     /// Records an active check result; returns the transition it caused, and
-    /// whether it ended an ejection.
+    /// whether it ended an ejection. A passing check ends a passive ejection
+    /// only when `ends_ejection` (the operator's choice): otherwise an
+    /// ejection runs its course, so a pod whose `/healthz` passes while its
+    /// pages fail stays out.
     pub fn record_check(
         &self,
         result: CheckResult,
         settings: &HealthCheck,
+        ends_ejection: bool,
         now: Instant,
     ) -> (Option<Transition>, bool) {
         if result.ok {
@@ -401,7 +405,7 @@ impl EndpointState {
         let mut h = self.lock();
         h.counter.set_thresholds(settings.rise, settings.fall);
         let transition = h.counter.record(result.ok);
-        let unejected = result.ok && h.outlier.uneject(now);
+        let unejected = result.ok && ends_ejection && h.outlier.uneject(now);
         if unejected {
             self.ejected.store(false, Ordering::Relaxed);
         }

@@ -9,6 +9,7 @@ pub mod admin;
 pub mod balance;
 pub mod cache;
 pub mod config;
+pub mod connection;
 pub mod discovery;
 pub mod endpoint;
 pub mod health;

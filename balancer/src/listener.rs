@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{Limits, Listener};
+use crate::connection::{Activity, ConnLimit, Probed};
 use crate::metrics::ListenerLabels;
 use crate::proxy::{self, ConnInfo};
 use crate::state::Shared;
@@ -29,7 +30,11 @@ pub struct ListenerRuntime {
     pub name: Arc<str>,
     /// Whether new connections log each request.
     pub access_log: bool,
+    /// Plain listeners: HTTP/1.1, or HTTP/2 with prior knowledge (h2c).
     builder: auto::Builder<TokioExecutor>,
+    /// TLS connections whose ALPN chose `h2`: HTTP/2 only, so a bad
+    /// preface gets GOAWAY rather than an HTTP/1 answer.
+    h2_only: auto::Builder<TokioExecutor>,
 }
 
 impl ListenerRuntime {
@@ -37,21 +42,27 @@ impl ListenerRuntime {
     pub fn new(config: &crate::config::Listener) -> Self {
         let limits = &config.limits;
         let mut builder = auto::Builder::new(TokioExecutor::new());
+        // The first request's header deadline is ours (it answers 408);
+        // hyper's, a little later, covers the requests after it.
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout)
+            .header_read_timeout(limits.header_read_timeout + std::time::Duration::from_millis(500))
             .max_buf_size(limits.max_header_bytes.max(8192))
             .keep_alive(true);
+        // PINGs every 30 s on HTTP/2; a client that does not answer within
+        // 20 s is gone. Idle connections are closed by `idleTimeout`.
         builder
             .http2()
             .timer(TokioTimer::new())
             .max_header_list_size(limits.max_header_bytes as u32)
-            .keep_alive_interval(Some(std::time::Duration::from_secs(30)));
+            .keep_alive_interval(Some(std::time::Duration::from_secs(30)))
+            .keep_alive_timeout(std::time::Duration::from_secs(20));
         Self {
             limits: limits.clone(),
             name: Arc::from(config.name.as_str()),
             access_log: config.access_log,
+            h2_only: builder.clone().http2_only(),
             builder,
         }
     }
@@ -68,6 +79,8 @@ pub struct BoundListener {
     /// SNI certificates, when TLS is on.
     pub resolver: Option<Arc<SniResolver>>,
     tcp: std::sync::Mutex<Option<TcpListener>>,
+    /// Connections open on this listener, against `limits.maxConnections`.
+    connections: Arc<ConnLimit>,
 }
 
 impl BoundListener {
@@ -80,6 +93,7 @@ impl BoundListener {
             runtime: ArcSwap::from_pointee(ListenerRuntime::new(config)),
             resolver: config.tls.as_ref().map(|t| Arc::new(SniResolver::new(t))),
             tcp: std::sync::Mutex::new(Some(tcp)),
+            connections: Arc::default(),
         })
     }
 
@@ -126,16 +140,55 @@ impl BoundListener {
             .metrics
             .tls_handshake_errors
             .get_or_create_owned(&labels);
+        let mut backoff = crate::connection::accept_backoff();
+        let mut failures = 0u64;
         loop {
+            // At a connection limit, stop accepting: new connections wait in
+            // the kernel's backlog until one closes (HAProxy's maxconn).
+            let places = async {
+                let global = shared
+                    .connections
+                    .acquire(|| shared.max_connections())
+                    .await;
+                let mine = self
+                    .connections
+                    .acquire(|| {
+                        self.runtime
+                            .load()
+                            .limits
+                            .max_connections
+                            .unwrap_or(usize::MAX)
+                    })
+                    .await;
+                (global, mine)
+            };
+            let places = tokio::select! {
+                biased;
+                () = shared.shutdown.cancelled() => break,
+                places = places => places,
+            };
             let (stream, peer) = tokio::select! {
                 biased;
                 () = shared.shutdown.cancelled() => break,
                 accepted = tcp.accept() => match accepted {
-                    Ok(pair) => pair,
+                    Ok(pair) => {
+                        if failures > 0 {
+                            tracing::info!(listener = %self.name, failures, "accepting again");
+                            failures = 0;
+                            backoff = crate::connection::accept_backoff();
+                        }
+                        pair
+                    }
                     Err(e) => {
-                        // EMFILE and friends: back off briefly instead of spinning.
-                        tracing::warn!(listener = %self.name, error = %e, "accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        // EMFILE and friends: back off (5 ms doubling to
+                        // 1 s) instead of spinning, and say so once.
+                        if failures == 0 {
+                            tracing::warn!(listener = %self.name, error = %e, "accept failed; backing off");
+                        }
+                        failures += 1;
+                        drop(places);
+                        let delay = backoff.next().unwrap_or(std::time::Duration::from_secs(1));
+                        tokio::time::sleep(delay).await;
                         continue;
                     }
                 },
@@ -150,10 +203,14 @@ impl BoundListener {
                 tls_errors: tls_errors.clone(),
             };
             shared.tasks.spawn(async move {
+                let _places = places;
                 conn.open.inc();
                 let _open = scopeguard(conn.open.clone());
                 match acceptor {
-                    None => serve_connection(stream, peer, "http", runtime, shared2).await,
+                    None => {
+                        serve_connection(stream, peer, "http", Protocol::Auto, runtime, shared2)
+                            .await
+                    }
                     Some(acceptor) => {
                         let handshake = tokio::time::timeout(
                             runtime.limits.header_read_timeout,
@@ -162,7 +219,12 @@ impl BoundListener {
                         .await;
                         match handshake {
                             Ok(Ok(tls)) => {
-                                serve_connection(tls, peer, "https", runtime, shared2).await
+                                // Serve HTTP/2 only when ALPN said so: a bad
+                                // preface then gets GOAWAY, not an HTTP/1 400.
+                                let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                                let protocol = if h2 { Protocol::H2 } else { Protocol::Auto };
+                                serve_connection(tls, peer, "https", protocol, runtime, shared2)
+                                    .await
                             }
                             Ok(Err(e)) => {
                                 conn.tls_errors.inc();
@@ -203,6 +265,7 @@ async fn serve_connection<I>(
     io: I,
     peer: SocketAddr,
     proto: &'static str,
+    protocol: Protocol,
     runtime: Arc<ListenerRuntime>,
     shared: Arc<Shared>,
 ) where
@@ -223,9 +286,17 @@ async fn serve_connection<I>(
     // request's headers must arrive within headerReadTimeout.
     let started = Arc::new(AtomicBool::new(false));
     let started_for_service = started.clone();
+    let activity = Arc::new(Activity::default());
+    let activity_for_service = activity.clone();
     let service = service_fn(move |req| {
         started_for_service.store(true, Ordering::Relaxed);
-        proxy::handle(shared_for_service.clone(), info.clone(), req)
+        let busy = activity_for_service.busy();
+        let served = proxy::handle(shared_for_service.clone(), info.clone(), req);
+        async move {
+            let resp = served.await;
+            drop(busy);
+            resp
+        }
     });
     let first_request_deadline = async {
         tokio::time::sleep(runtime.limits.header_read_timeout).await;
@@ -233,12 +304,102 @@ async fn serve_connection<I>(
             std::future::pending::<()>().await;
         }
     };
-    let conn = runtime
-        .builder
-        .serve_connection_with_upgrades(TokioIo::new(io), service);
+    let (io, probe) = Probed::new(io);
+    let io = TokioIo::new(io);
+    match protocol {
+        Protocol::Auto => {
+            let conn = runtime.builder.serve_connection_with_upgrades(io, service);
+            drive(
+                conn,
+                peer,
+                &probe,
+                first_request_deadline,
+                &activity,
+                &runtime,
+                &shared,
+            )
+            .await;
+        }
+        // hyper-util ignores `http2_only` with upgrades; HTTP/2 has none.
+        Protocol::H2 => {
+            let conn = runtime.h2_only.serve_connection(io, service);
+            drive(
+                conn,
+                peer,
+                &probe,
+                first_request_deadline,
+                &activity,
+                &runtime,
+                &shared,
+            )
+            .await;
+        }
+    }
+}
+
+/// Which protocols a connection may speak.
+#[derive(Debug, Clone, Copy)]
+enum Protocol {
+    /// HTTP/1.1, or HTTP/2 by its preface (h2c, or TLS without ALPN `h2`).
+    Auto,
+    /// HTTP/2 only (TLS with ALPN `h2`).
+    H2,
+}
+
+/// A served connection that can be asked to finish gracefully.
+trait Served:
+    std::future::Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>>
+{
+    fn shut_down(self: std::pin::Pin<&mut Self>);
+}
+
+impl<I, S, E> Served for auto::UpgradeableConnection<'_, I, S, E>
+where
+    Self: std::future::Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>>,
+    S: hyper::service::HttpService<hyper::body::Incoming>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::ResBody: http_body::Body + 'static,
+    <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, S::ResBody>,
+{
+    fn shut_down(self: std::pin::Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl<I, S, E> Served for auto::Connection<'_, I, S, E>
+where
+    Self: std::future::Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>>,
+    S: hyper::service::HttpService<hyper::body::Incoming>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::ResBody: http_body::Body + 'static,
+    <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, S::ResBody>,
+{
+    fn shut_down(self: std::pin::Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+/// Serves `conn` until it ends, its first request's headers are late, it
+/// has been idle for `idleTimeout`, or shutdown begins.
+async fn drive<C: Served>(
+    conn: C,
+    peer: SocketAddr,
+    probe: &crate::connection::Probe,
+    first_request_deadline: impl std::future::Future<Output = ()>,
+    activity: &Activity,
+    runtime: &ListenerRuntime,
+    shared: &Shared,
+) {
     tokio::pin!(conn);
     tokio::select! {
         () = first_request_deadline => {
+            // A partial request gets 408 as the stream closes; a silent
+            // connection is closed silently.
+            probe.answer_timeout();
             tracing::debug!(%peer, "no request headers within headerReadTimeout; closing");
         }
         result = conn.as_mut() => {
@@ -246,8 +407,13 @@ async fn serve_connection<I>(
                 tracing::debug!(%peer, error = %e, "client connection ended with an error");
             }
         }
+        () = activity.idle_for(runtime.limits.idle_timeout) => {
+            tracing::debug!(%peer, "idle timeout; closing");
+            conn.as_mut().shut_down();
+            let _ = tokio::time::timeout(runtime.limits.idle_timeout, conn.as_mut()).await;
+        }
         () = shared.shutdown.cancelled() => {
-            conn.as_mut().graceful_shutdown();
+            conn.as_mut().shut_down();
             if let Err(e) = conn.await {
                 tracing::debug!(%peer, error = %e, "client connection ended with an error while draining");
             }

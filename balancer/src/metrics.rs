@@ -63,6 +63,15 @@ pub struct PoolReasonLabels {
     pub reason: &'static str,
 }
 
+/// Labels of a per-pool metric by session class (`established`, `new`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SessionClassLabels {
+    /// Pool name.
+    pub pool: String,
+    /// `established` (a sticky session) or `new`.
+    pub class: &'static str,
+}
+
 /// Labels of a failover counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FailoverLabels {
@@ -140,6 +149,8 @@ pub struct Metrics {
     pub retries: Family<EndpointLabels, Counter>,
     /// Retries refused by the budget.
     pub retries_budget_exhausted: Family<PoolLabels, Counter>,
+    /// Retries by pool and cause (`not_sent`, `reset`).
+    pub pool_retries: Family<PoolReasonLabels, Counter>,
     /// Passive ejections.
     pub ejections: Family<EndpointLabels, Counter>,
     /// Active health-check results.
@@ -162,6 +173,8 @@ pub struct Metrics {
     pub queue_wait: HistogramFamily<PoolLabels>,
     /// Requests turned away by admission control.
     pub queue_rejected: Family<PoolReasonLabels, Counter>,
+    /// Requests that entered the surge queue, by session class.
+    pub queued: Family<SessionClassLabels, Counter>,
     /// 1 while a pool's traffic goes to its backup pool.
     pub using_backup: Family<PoolLabels, Gauge>,
     /// Switches to the backup pool and back.
@@ -188,6 +201,7 @@ impl Default for Metrics {
             upstream_errors: Family::default(),
             retries: Family::default(),
             retries_budget_exhausted: Family::default(),
+            pool_retries: Family::default(),
             ejections: Family::default(),
             health_checks: Family::default(),
             config_reloads: Family::default(),
@@ -199,6 +213,7 @@ impl Default for Metrics {
             queue_depth: Family::default(),
             queue_wait: Family::new_with_constructor(latency_histogram),
             queue_rejected: Family::default(),
+            queued: Family::default(),
             using_backup: Family::default(),
             failovers: Family::default(),
             rate_limited: Family::default(),
@@ -241,6 +256,11 @@ impl Metrics {
             "retry_budget_exhausted",
             "Retries refused because the pool's retry budget was spent",
             self.retries_budget_exhausted.clone(),
+        );
+        r.register(
+            "pool_retries",
+            "Retries by pool and cause: not_sent (the request never reached an endpoint: connect failure or a connection closed before it was written; any method, outside the budget) or reset (the connection failed before any response byte; idempotent requests, within the budget)",
+            self.pool_retries.clone(),
         );
         r.register(
             "ejections",
@@ -292,7 +312,12 @@ impl Metrics {
             "Time requests waited in the surge queue before being sent or refused",
             self.queue_wait.clone(),
         );
-        r.register("pool_queue_rejected", "Requests refused by admission control: queue full, queue timeout, or every endpoint at its limit without a queue", self.queue_rejected.clone());
+        r.register("pool_queue_rejected", "Requests refused by admission control: queue full, queue timeout, every endpoint at its limit without a queue, or a new session displaced by an established one", self.queue_rejected.clone());
+        r.register(
+            "pool_queued",
+            "Requests that entered the surge queue, by session class: established (a sticky session) or new",
+            self.queued.clone(),
+        );
         r.register(
             "pool_using_backup",
             "1 while the pool has no healthy endpoint and its traffic goes to the backup pool",

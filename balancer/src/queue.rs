@@ -1,6 +1,14 @@
 //! The surge queue: when every endpoint of a pool is at its in-flight limit,
-//! requests wait in FIFO order and are handed a reserved slot as soon as one
-//! frees, instead of piling onto pods that are already full.
+//! requests wait and are handed a reserved slot as soon as one frees,
+//! instead of piling onto pods that are already full.
+//!
+//! A request pinned to an endpoint by a sticky session waits for a slot on
+//! that endpoint; others take a slot anywhere. With session priority on,
+//! requests of established sessions are served before new sessions (logins),
+//! and when the queue is full an established request takes the place of the
+//! newest new-session waiter, which is turned away at once: learners in the
+//! middle of an attempt go first (HAProxy needs `set-priority-class` rules for
+//! this). Within a class the order is first come, first served.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -8,27 +16,45 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
 
-use crate::endpoint::InFlight;
+use crate::endpoint::{EndpointState, InFlight};
+
+/// Who a waiting request is, for session-priority admission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// It carries a valid affinity or application cookie.
+    Established = 0,
+    /// No session yet (typically a login).
+    New = 1,
+}
+
+/// Why a waiter was turned away before its slot came.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Displaced;
+
+/// What a waiter receives: a slot, or word that it lost its place.
+pub type Handoff = Result<InFlight, Displaced>;
+
+#[derive(Debug)]
+struct Waiter {
+    tx: oneshot::Sender<Handoff>,
+    /// The endpoint a sticky session pins it to.
+    target: Option<Arc<EndpointState>>,
+}
 
 /// A pool's queue of waiting requests.
 #[derive(Debug, Default)]
 pub struct SurgeQueue {
-    waiters: Mutex<VecDeque<oneshot::Sender<InFlight>>>,
+    /// One FIFO per [`Class`], established first.
+    waiters: Mutex<[VecDeque<Waiter>; 2]>,
+    /// Entries in the FIFOs (waiters that gave up are counted until purged).
     depth: AtomicUsize,
 }
 
 /// A request waiting in the queue; dropping it leaves the queue.
 #[derive(Debug)]
 pub struct Waiting {
-    /// Receives the reserved slot.
-    pub slot: oneshot::Receiver<InFlight>,
-    queue: Arc<SurgeQueue>,
-}
-
-impl Drop for Waiting {
-    fn drop(&mut self) {
-        self.queue.depth.fetch_sub(1, Ordering::Relaxed);
-    }
+    /// Receives the reserved slot, or [`Displaced`].
+    pub slot: oneshot::Receiver<Handoff>,
 }
 
 impl SurgeQueue {
@@ -42,47 +68,93 @@ impl SurgeQueue {
         self.depth() > 0
     }
 
-    /// Joins the back of the queue, unless `max_length` are already waiting.
-    pub fn enqueue(self: &Arc<Self>, max_length: usize) -> Option<Waiting> {
-        let mut waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
-        if self.depth.load(Ordering::Relaxed) >= max_length {
-            return None;
-        }
-        if waiters.len() > 2 * max_length.max(16) {
-            waiters.retain(|w| !w.is_closed());
-        }
-        let (tx, rx) = oneshot::channel();
-        waiters.push_back(tx);
-        self.depth.fetch_add(1, Ordering::Relaxed);
-        Some(Waiting {
-            slot: rx,
-            queue: self.clone(),
-        })
+    fn lock(&self) -> std::sync::MutexGuard<'_, [VecDeque<Waiter>; 2]> {
+        self.waiters.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Hands slots to waiters, oldest first, while `reserve` finds one.
-    /// A slot refused by a waiter that gave up goes to the next one.
-    pub fn dispatch(&self, mut reserve: impl FnMut() -> Option<InFlight>) {
-        let mut leftover = None;
+    /// Drops waiters that gave up.
+    fn purge(&self, waiters: &mut [VecDeque<Waiter>; 2]) {
+        for q in waiters.iter_mut() {
+            let before = q.len();
+            q.retain(|w| !w.tx.is_closed());
+            self.depth.fetch_sub(before - q.len(), Ordering::Relaxed);
+        }
+    }
+
+    /// Joins the queue of `class`, waiting for a slot on `target` (any
+    /// endpoint when `None`). When `max_length` are already waiting, an
+    /// established request with `priority` displaces the newest new-session
+    /// waiter; anyone else is refused.
+    pub fn enqueue(
+        self: &Arc<Self>,
+        max_length: usize,
+        class: Class,
+        target: Option<Arc<EndpointState>>,
+        priority: bool,
+    ) -> Option<Waiting> {
+        let mut waiters = self.lock();
+        if self.depth() >= max_length {
+            self.purge(&mut waiters);
+        }
+        if self.depth() >= max_length {
+            let displaced = (priority && class == Class::Established)
+                .then(|| waiters[Class::New as usize].pop_back())
+                .flatten()?;
+            // Its receiver learns at once; the depth stays: one out, one in.
+            let _ = displaced.tx.send(Err(Displaced));
+        } else {
+            self.depth.fetch_add(1, Ordering::Relaxed);
+        }
+        let (tx, rx) = oneshot::channel();
+        waiters[class as usize].push_back(Waiter { tx, target });
+        Some(Waiting { slot: rx })
+    }
+
+    /// Hands slots to waiters, established ones first, each class oldest
+    /// first. `reserve(target)` reserves a slot on `target` (anywhere when
+    /// `None`); a waiter whose slot is not free now keeps its place, and those
+    /// behind it may still be served by other endpoints.
+    pub fn dispatch(
+        &self,
+        mut reserve: impl FnMut(Option<&Arc<EndpointState>>) -> Option<InFlight>,
+    ) {
+        let mut unused = Vec::new();
         {
-            let mut waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
-            while let Some(front) = waiters.front() {
-                if front.is_closed() {
-                    waiters.pop_front();
-                    continue;
-                }
-                let slot = match leftover.take().or_else(&mut reserve) {
-                    Some(s) => s,
-                    None => break,
-                };
-                let tx = waiters.pop_front().expect("front exists");
-                if let Err(slot) = tx.send(slot) {
-                    leftover = Some(slot);
+            let mut waiters = self.lock();
+            self.purge(&mut waiters);
+            let mut anywhere_full = false;
+            let mut full_targets: Vec<*const EndpointState> = Vec::new();
+            for class in 0..2 {
+                let mut i = 0;
+                while i < waiters[class].len() {
+                    let target = waiters[class][i].target.clone();
+                    let blocked = match &target {
+                        None => anywhere_full,
+                        Some(t) => full_targets.contains(&Arc::as_ptr(t)),
+                    };
+                    if blocked {
+                        i += 1;
+                        continue;
+                    }
+                    let Some(slot) = reserve(target.as_ref()) else {
+                        match &target {
+                            None => anywhere_full = true,
+                            Some(t) => full_targets.push(Arc::as_ptr(t)),
+                        }
+                        i += 1;
+                        continue;
+                    };
+                    let w = waiters[class].remove(i).expect("index in range");
+                    self.depth.fetch_sub(1, Ordering::Relaxed);
+                    if let Err(Ok(slot)) = w.tx.send(Ok(slot)) {
+                        // It gave up meanwhile: the slot is released below.
+                        unused.push(slot);
+                    }
                 }
             }
         }
         // Released outside the lock: dropping a slot may dispatch again.
-        drop(leftover);
+        drop(unused);
     }
 }
 
@@ -92,28 +164,35 @@ mod tests {
     use crate::endpoint::Endpoints;
     use crate::metrics::Metrics;
 
-    fn endpoint() -> Arc<crate::endpoint::EndpointState> {
-        Endpoints::new(Metrics::default()).get_or_create("p", "127.0.0.1:1", None, true)
+    fn endpoints(n: usize) -> Vec<Arc<EndpointState>> {
+        let all = Endpoints::new(Metrics::default());
+        (0..n)
+            .map(|i| all.get_or_create("p", &format!("127.0.0.1:{}", i + 1), None, true))
+            .collect()
+    }
+
+    fn any(q: &Arc<SurgeQueue>, max: usize) -> Option<Waiting> {
+        q.enqueue(max, Class::New, None, true)
     }
 
     #[tokio::test]
     async fn fifo_handoff_and_bounded_length() {
         let q = Arc::new(SurgeQueue::default());
-        let e = endpoint();
-        let mut a = q.enqueue(2).unwrap();
-        let mut b = q.enqueue(2).unwrap();
-        assert!(q.enqueue(2).is_none(), "full");
+        let e = endpoints(1).remove(0);
+        let mut a = any(&q, 2).unwrap();
+        let mut b = any(&q, 2).unwrap();
+        assert!(any(&q, 2).is_none(), "full");
         assert_eq!(q.depth(), 2);
 
         let mut free = 1;
-        q.dispatch(|| {
+        q.dispatch(|_| {
             (free > 0).then(|| {
                 free -= 1;
                 e.start_request()
             })
         });
         assert!(
-            a.slot.try_recv().is_ok(),
+            matches!(a.slot.try_recv(), Ok(Ok(_))),
             "the oldest waiter gets the first slot"
         );
         assert!(b.slot.try_recv().is_err());
@@ -125,7 +204,7 @@ mod tests {
         drop(a);
         assert_eq!(q.depth(), 1);
 
-        q.dispatch(|| Some(e.start_request()));
+        q.dispatch(|_| Some(e.start_request()));
         let slot = b.slot.try_recv().unwrap();
         assert_eq!(e.in_flight(), 1);
         drop(slot);
@@ -136,31 +215,93 @@ mod tests {
     #[tokio::test]
     async fn a_slot_refused_by_a_gone_waiter_goes_to_the_next() {
         let q = Arc::new(SurgeQueue::default());
-        let e = endpoint();
-        let gone = q.enqueue(10).unwrap();
-        let mut next = q.enqueue(10).unwrap();
+        let e = endpoints(1).remove(0);
+        let gone = any(&q, 10).unwrap();
+        let mut next = any(&q, 10).unwrap();
         drop(gone);
         let mut reserved = 0;
-        q.dispatch(|| {
+        q.dispatch(|_| {
             reserved += 1;
             (reserved == 1).then(|| e.start_request())
         });
-        assert!(next.slot.try_recv().is_ok());
+        assert!(matches!(next.slot.try_recv(), Ok(Ok(_))));
         assert_eq!(e.in_flight(), 0);
     }
 
     #[tokio::test]
     async fn unused_slot_is_released() {
         let q = Arc::new(SurgeQueue::default());
-        let e = endpoint();
-        let w = q.enqueue(1).unwrap();
-        let Waiting { .. } = &w;
+        let e = endpoints(1).remove(0);
+        let w = any(&q, 1).unwrap();
         drop(w);
-        q.dispatch(|| Some(e.start_request()));
+        q.dispatch(|_| Some(e.start_request()));
         assert_eq!(
             e.in_flight(),
             0,
             "no waiter: nothing reserved or the slot was released"
         );
+        assert_eq!(q.depth(), 0);
+    }
+
+    #[tokio::test]
+    async fn pinned_waiters_get_their_own_endpoint_and_do_not_block_others() {
+        let q = Arc::new(SurgeQueue::default());
+        let eps = endpoints(2);
+        let (busy, idle) = (&eps[0], &eps[1]);
+        let mut pinned = q
+            .enqueue(10, Class::Established, Some(busy.clone()), true)
+            .unwrap();
+        let mut free = any(&q, 10).unwrap();
+        // Only `idle` has a slot: the pinned waiter keeps its place, the
+        // one behind it is served by `idle`.
+        q.dispatch(|target| match target {
+            Some(t) if Arc::ptr_eq(t, busy) => None,
+            Some(t) => Some(t.start_request()),
+            None => Some(idle.start_request()),
+        });
+        let got = free.slot.try_recv().unwrap().unwrap();
+        assert!(Arc::ptr_eq(got.endpoint(), idle));
+        assert!(pinned.slot.try_recv().is_err(), "still waiting for its pod");
+        assert_eq!(q.depth(), 1);
+        q.dispatch(|target| target.map(|t| t.start_request()));
+        let got = pinned.slot.try_recv().unwrap().unwrap();
+        assert!(Arc::ptr_eq(got.endpoint(), busy));
+    }
+
+    #[tokio::test]
+    async fn established_sessions_go_first_and_displace_new_ones_when_full() {
+        let q = Arc::new(SurgeQueue::default());
+        let e = endpoints(1).remove(0);
+        let mut login1 = any(&q, 3).unwrap();
+        let mut login2 = any(&q, 3).unwrap();
+        let mut attempt1 = q.enqueue(3, Class::Established, None, true).unwrap();
+        // Full: an established request takes the newest login's place...
+        let mut attempt2 = q.enqueue(3, Class::Established, None, true).unwrap();
+        assert_eq!(login2.slot.try_recv().unwrap().unwrap_err(), Displaced);
+        assert_eq!(q.depth(), 3);
+        // ...a new session is refused, and so is anyone without priority.
+        assert!(any(&q, 3).is_none());
+        assert!(q.enqueue(3, Class::Established, None, false).is_none());
+        // Established waiters are served before the older login.
+        let mut free = 2;
+        q.dispatch(|_| {
+            (free > 0).then(|| {
+                free -= 1;
+                e.start_request()
+            })
+        });
+        assert!(matches!(attempt1.slot.try_recv(), Ok(Ok(_))));
+        assert!(matches!(attempt2.slot.try_recv(), Ok(Ok(_))));
+        assert!(login1.slot.try_recv().is_err());
+        q.dispatch(|_| Some(e.start_request()));
+        assert!(matches!(login1.slot.try_recv(), Ok(Ok(_))));
+        assert_eq!(q.depth(), 0);
+    }
+
+    #[tokio::test]
+    async fn without_new_waiters_a_full_queue_refuses_established_ones_too() {
+        let q = Arc::new(SurgeQueue::default());
+        let _a = q.enqueue(1, Class::Established, None, true).unwrap();
+        assert!(q.enqueue(1, Class::Established, None, true).is_none());
     }
 }

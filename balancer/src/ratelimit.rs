@@ -22,6 +22,9 @@ impl std::fmt::Debug for Limiter {
     }
 }
 
+/// The longest wait a refused request is told about.
+const MAX_WAIT: Duration = Duration::from_secs(86_400);
+
 impl Limiter {
     /// Most client addresses tracked at once.
     pub const MAX_CLIENTS: u64 = 200_000;
@@ -81,7 +84,11 @@ impl TokenBucket {
             self.tokens -= 1.0;
             Ok(())
         } else if rate > 0.0 {
-            Err(Duration::from_secs_f64((1.0 - self.tokens) / rate))
+            // Bounded: a rate too small to refill in a day (refused by
+            // validation anyway) must not overflow a Duration.
+            Err(Duration::try_from_secs_f64((1.0 - self.tokens) / rate)
+                .unwrap_or(MAX_WAIT)
+                .min(MAX_WAIT))
         } else {
             Err(Duration::from_secs(3600))
         }
@@ -213,5 +220,14 @@ mod tests {
             client_ip(mapped, Some("203.0.113.1"), &trusted),
             "203.0.113.1".parse::<IpAddr>().unwrap()
         );
+    }
+
+    #[test]
+    fn a_vanishing_rate_gives_a_bounded_wait_instead_of_a_panic() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(1.0, t0);
+        assert!(b.try_take(t0, 1.0e-30, 1.0).is_ok());
+        assert_eq!(b.try_take(t0, 1.0e-30, 1.0), Err(MAX_WAIT));
+        assert_eq!(b.try_take(t0, f64::MIN_POSITIVE, 1.0), Err(MAX_WAIT));
     }
 }

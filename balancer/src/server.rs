@@ -108,7 +108,10 @@ impl Balancer {
             },
         );
         let registry: Arc<Registry> = Arc::new(metrics.registry(endpoints.clone()));
-        let shared = Arc::new(Shared::new(empty, endpoints, pools, routes, metrics));
+        let mut shared = Shared::new(empty, endpoints, pools, routes, metrics);
+        let open_files = crate::connection::raise_open_file_limit();
+        shared.default_max_connections = crate::connection::default_max_connections(open_files);
+        let shared = Arc::new(shared);
         let (updater, updates) = PoolUpdater::new(shared.clone(), options.kube_client.clone());
         updater.install(config, true);
         updater.listen(updates);
@@ -194,8 +197,23 @@ impl Balancer {
                 Err(e)
             }
             Ok(config) => {
+                // Validation bounds every value, so applying should never
+                // panic; if it does anyway, the reload fails like an invalid
+                // file instead of taking the watcher or the process down, and
+                // the previous snapshot (never replaced half-way) keeps serving.
+                let applied =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.apply(config)));
+                if let Err(panic) = applied {
+                    let what = panic_message(panic.as_ref());
+                    record_reload(&self.shared, false);
+                    tracing::error!(error = %what, "config reload failed while applying; the previous config keeps serving");
+                    return Err(ConfigError {
+                        file: self.config_path.clone(),
+                        field: String::new(),
+                        problem: format!("applying the config failed: {what}"),
+                    });
+                }
                 *last = before;
-                self.apply(config);
                 record_reload(&self.shared, true);
                 tracing::info!(file = %self.config_path.display(), "config reloaded");
                 Ok(())
@@ -246,6 +264,15 @@ impl Balancer {
         self.admin_stop.cancel();
         drained
     }
+}
+
+/// The text of a caught panic.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".to_string())
 }
 
 fn record_reload(shared: &Shared, ok: bool) {

@@ -18,7 +18,7 @@ use crate::config::{Config, EndpointSpec, Pool, Route, Sticky, Timeouts};
 use crate::endpoint::{EndpointState, Endpoints, InFlight};
 use crate::metrics::{
     CODE_CLASSES, CacheLabels, FailoverLabels, Metrics, PoolClassLabels, PoolLabels,
-    PoolReasonLabels,
+    PoolReasonLabels, SessionClassLabels,
 };
 use crate::proxy::upstream::{self, UpstreamClient};
 use crate::queue::SurgeQueue;
@@ -147,7 +147,9 @@ pub struct PoolMetrics {
     /// Time spent waiting in the queue.
     pub queue_wait: Histogram,
     /// Requests turned away: `full`, `timeout`, `at_capacity`.
-    pub queue_rejected: [Counter; 3],
+    pub queue_rejected: [Counter; 4],
+    /// Requests that entered the queue, by [`crate::queue::Class`].
+    pub queued: [Counter; 2],
     /// 1 while traffic goes to the backup pool.
     pub using_backup: Gauge,
     /// Switches to the backup pool and back.
@@ -156,6 +158,18 @@ pub struct PoolMetrics {
     pub rate_limited: Counter,
     /// Micro-cache lookups: hit, miss, collapsed, bypass.
     pub cache: [Counter; 4],
+    /// Retries by cause: index [`RetryCause`].
+    pub retries: [Counter; 2],
+}
+
+/// Why a request was sent again: index into [`PoolMetrics::retries`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryCause {
+    /// It never reached an endpoint (connect failure, or a pooled connection
+    /// that closed before the request was written).
+    NotSent = 0,
+    /// The connection failed after sending, before any response byte.
+    Reset = 1,
 }
 
 /// Why a request found no place: index into [`PoolMetrics::queue_rejected`].
@@ -167,6 +181,8 @@ pub enum Rejection {
     Timeout = 1,
     /// Every endpoint was at its limit and the pool has no queue.
     AtCapacity = 2,
+    /// A new session gave its place to an established one.
+    Displaced = 3,
 }
 
 /// Micro-cache lookup results: index into [`PoolMetrics::cache`].
@@ -225,8 +241,12 @@ impl PoolLive {
             return;
         };
         let now = Instant::now();
-        self.queue
-            .dispatch(|| pool.reserve(now, &[]).map(|(_, guard)| guard));
+        let limit = pool.settings.max_in_flight_per_endpoint;
+        self.queue.dispatch(|target| match target {
+            Some(pinned) if pinned.takes_sticky(now) => pinned.try_start_request(limit),
+            // Its pod is gone or unhealthy: the session moves anyway.
+            _ => pool.reserve(now, &[]).map(|(_, guard)| guard),
+        });
     }
 
     /// Whether traffic currently goes to the backup pool.
@@ -303,7 +323,18 @@ impl Pools {
                 }),
                 queue_depth: m.queue_depth.get_or_create_owned(&labels),
                 queue_wait: m.queue_wait.get_or_create_owned(&labels),
-                queue_rejected: [reason("full"), reason("timeout"), reason("at_capacity")],
+                queue_rejected: [
+                    reason("full"),
+                    reason("timeout"),
+                    reason("at_capacity"),
+                    reason("displaced"),
+                ],
+                queued: ["established", "new"].map(|class| {
+                    m.queued.get_or_create_owned(&SessionClassLabels {
+                        pool: pool.name.clone(),
+                        class,
+                    })
+                }),
                 using_backup: m.using_backup.get_or_create_owned(&labels),
                 failovers: ["backup", "primary"].map(|to| {
                     m.failovers.get_or_create_owned(&FailoverLabels {
@@ -316,6 +347,12 @@ impl Pools {
                     m.cache_lookups.get_or_create_owned(&CacheLabels {
                         pool: pool.name.clone(),
                         result: r,
+                    })
+                }),
+                retries: ["not_sent", "reset"].map(|r| {
+                    m.pool_retries.get_or_create_owned(&PoolReasonLabels {
+                        pool: pool.name.clone(),
+                        reason: r,
                     })
                 }),
             },

@@ -29,6 +29,11 @@ pub struct Shared {
     pub tasks: TaskTracker,
     /// Cancelled when shutdown begins: stop accepting, drain connections.
     pub shutdown: CancellationToken,
+    /// Client connections open on every listener, against `maxConnections`.
+    pub connections: Arc<crate::connection::ConnLimit>,
+    /// The global connection limit when the config sets none (from the
+    /// open-file limit).
+    pub default_max_connections: usize,
 }
 
 impl std::fmt::Debug for Shared {
@@ -55,7 +60,18 @@ impl Shared {
             ready: AtomicBool::new(false),
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
+            connections: Arc::default(),
+            default_max_connections: crate::connection::default_max_connections(1024),
         }
+    }
+
+    /// The global connection limit in force.
+    pub fn max_connections(&self) -> usize {
+        self.snapshot
+            .load()
+            .config
+            .max_connections
+            .unwrap_or(self.default_max_connections)
     }
 
     /// Whether the balancer is ready for traffic.

@@ -184,13 +184,14 @@ async fn broken_pages(broken: Arc<AtomicBool>) -> Backend {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_passing_active_check_ends_an_ejection() {
+async fn a_passing_active_check_ends_an_ejection_when_asked_to() {
     let broken = Arc::new(AtomicBool::new(true));
     let good = Backend::named("good").await;
     let flaky = broken_pages(broken.clone()).await;
-    // A long ejection: coming back within seconds can only be the active check's doing.
+    // A long ejection: coming back within seconds can only be the active
+    // check's doing, which the operator opted into.
     let extra = format!(
-        "{}    outlierDetection:\n      consecutive5xx: 3\n      maxEjectionPercent: 50\n      baseEjectionTime: 120s\n      maxEjectionTime: 300s\n",
+        "{}    outlierDetection:\n      consecutive5xx: 3\n      maxEjectionPercent: 50\n      baseEjectionTime: 120s\n      maxEjectionTime: 300s\n      activeCheckEndsEjection: true\n",
         health_check_yaml()
     );
     let tb = TestBalancer::start(&config(&[&good, &flaky], &extra)).await;
@@ -270,8 +271,8 @@ async fn failures_spread_between_passing_checks_still_eject() {
         .await,
         Some(1.0)
     );
-    // Then the next passing check ends the ejection (the previous test), so
-    // the state is not asserted here; the checks did pass all along:
+    // A passing check ends the ejection only when asked to (the previous
+    // test), so the state is not asserted here; the checks did pass all along:
     let passed = metric(
         &tb,
         "usher_balancer_health_checks_total",

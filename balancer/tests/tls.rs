@@ -586,3 +586,51 @@ async fn stalled_tls_clients_are_closed_after_header_read_timeout() {
         StatusCode::OK
     );
 }
+
+/// After ALPN chose `h2`, the connection speaks HTTP/2 only: a bad preface
+/// ends it at the HTTP/2 level (GOAWAY(PROTOCOL_ERROR) or a close, what
+/// h2spec 3.5/2 accepts), never with an HTTP/1.1 answer.
+#[tokio::test]
+async fn a_bad_preface_after_alpn_h2_gets_no_http1_answer() {
+    use tokio::io::AsyncWriteExt;
+    let backend = Backend::named("b").await;
+    let cert = self_signed("lms.example.edu");
+    let tb = start_tls(&backend, &[("lms", &cert, None)], Options::default()).await;
+    let mut tls = connect(
+        tls_addr(&tb),
+        trusting(&[&cert], &[b"h2"]),
+        "lms.example.edu",
+    )
+    .await
+    .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: lms.example.edu\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut out)).await;
+    assert!(
+        closed.is_ok(),
+        "the connection stayed open after a bad preface"
+    );
+    assert!(
+        !out.starts_with(b"HTTP/1.1"),
+        "answered in HTTP/1: {:?}",
+        String::from_utf8_lossy(&out)
+    );
+    // What came back is HTTP/2 frames (3-byte length, type, flags, stream
+    // id), and a GOAWAY among them carries PROTOCOL_ERROR (1).
+    let mut i = 0;
+    while i + 9 <= out.len() {
+        let len =
+            (usize::from(out[i]) << 16) | (usize::from(out[i + 1]) << 8) | usize::from(out[i + 2]);
+        let kind = out[i + 3];
+        assert!(kind <= 9, "not an HTTP/2 frame type: {kind} in {out:?}");
+        if kind == 7 {
+            let code = &out[i + 9 + 4..i + 9 + 8];
+            assert_eq!(u32::from_be_bytes(code.try_into().unwrap()), 1);
+        }
+        i += 9 + len;
+    }
+    assert_eq!(i, out.len(), "trailing bytes that are not a frame: {out:?}");
+}

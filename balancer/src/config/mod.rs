@@ -38,6 +38,9 @@ pub struct Config {
     pub pools: BTreeMap<String, Pool>,
     /// Proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Most client connections at once over all listeners; derived from
+    /// the open-file limit when `None`.
+    pub max_connections: Option<usize>,
 }
 
 /// A client-facing listener.
@@ -94,6 +97,11 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// Largest request body; larger ones get 413.
     pub max_body_bytes: u64,
+    /// A connection with no request in progress for this long is closed
+    /// (HTTP/1 keep-alive and HTTP/2 alike).
+    pub idle_timeout: Duration,
+    /// Most connections open at once on the listener.
+    pub max_connections: Option<usize>,
 }
 
 impl Default for Limits {
@@ -102,6 +110,8 @@ impl Default for Limits {
             header_read_timeout: Duration::from_secs(10),
             max_header_bytes: 64 * 1024,
             max_body_bytes: 256 * 1024 * 1024,
+            idle_timeout: Duration::from_secs(60),
+            max_connections: None,
         }
     }
 }
@@ -316,6 +326,9 @@ pub struct QueueSettings {
     pub max_length: usize,
     /// Longest wait.
     pub timeout: Duration,
+    /// Established sticky sessions go first, and displace new sessions
+    /// from a full queue.
+    pub session_priority: bool,
 }
 
 /// An endpoint as configured or discovered.
@@ -364,6 +377,9 @@ pub struct OutlierDetection {
     pub max_ejection_time: Duration,
     /// Most of the pool ejected at once, in percent; one endpoint always may be.
     pub max_ejection_percent: u32,
+    /// Whether a passing active check ends an ejection early. Off by
+    /// default: a pod can pass `/healthz` while its pages fail.
+    pub active_check_ends_ejection: bool,
 }
 
 impl Default for OutlierDetection {
@@ -374,6 +390,7 @@ impl Default for OutlierDetection {
             base_ejection_time: Duration::from_secs(30),
             max_ejection_time: Duration::from_secs(300),
             max_ejection_percent: 10,
+            active_check_ends_ejection: false,
         }
     }
 }

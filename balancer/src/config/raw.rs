@@ -26,6 +26,10 @@ pub struct RawConfig {
     /// Pools of endpoints by name.
     #[serde(default)]
     pub pools: BTreeMap<String, RawPool>,
+    /// Most client connections open at once over all listeners; from the
+    /// open-file limit when absent.
+    #[serde(default)]
+    pub max_connections: Option<u64>,
     /// Networks (CIDR) of proxies in front of the balancer whose
     /// `X-Forwarded-For` is believed when finding the client address.
     #[serde(default)]
@@ -85,6 +89,12 @@ pub struct RawLimits {
     /// Largest request body.
     #[serde(default)]
     pub max_body_bytes: Option<RawSize>,
+    /// Close a connection with no request in progress for this long.
+    #[serde(default)]
+    pub idle_timeout: Option<String>,
+    /// Most connections open at once on this listener.
+    #[serde(default)]
+    pub max_connections: Option<u64>,
 }
 
 /// A byte size: a plain number of bytes or a string such as `64KiB`.
@@ -256,6 +266,10 @@ pub struct RawQueue {
     /// Longest wait before 503.
     #[serde(default)]
     pub timeout: Option<String>,
+    /// Serve established sticky sessions before new ones when the queue is
+    /// full (default true).
+    #[serde(default)]
+    pub session_priority: Option<bool>,
 }
 
 /// Endpoint sources of a pool.
@@ -409,6 +423,9 @@ pub struct RawOutlierDetection {
     /// Most of the pool that may be ejected at once, in percent (one endpoint always may).
     #[serde(default)]
     pub max_ejection_percent: Option<u32>,
+    /// Let a passing active health check end an ejection early (default false).
+    #[serde(default)]
+    pub active_check_ends_ejection: Option<bool>,
 }
 
 /// Retry settings.

@@ -392,7 +392,7 @@ fn rejects_max_header_bytes_out_of_range() {
     rejects(
         &listener("    limits:\n      maxHeaderBytes: 4KiB\n"),
         "listeners[0].limits.maxHeaderBytes",
-        "4096 is out of range; use 8KiB to 1MiB",
+        "4KiB is out of range; use 8KiB to 1MiB",
     );
     rejects(
         &listener("    limits:\n      maxHeaderBytes: 2MiB\n"),
@@ -696,12 +696,12 @@ fn rejects_zero_rise_or_fall() {
     rejects(
         &pool("    healthCheck:\n      rise: 0\n"),
         "pools.web.healthCheck.rise",
-        "must be at least 1",
+        "0 is out of range; use 1 to 100",
     );
     rejects(
         &pool("    healthCheck:\n      fall: 0\n"),
         "pools.web.healthCheck.fall",
-        "must be at least 1",
+        "0 is out of range; use 1 to 100",
     );
 }
 
@@ -764,7 +764,7 @@ fn rejects_zero_consecutive_failures() {
     rejects(
         &pool("    outlierDetection:\n      consecutive5xx: 0\n"),
         "pools.web.outlierDetection.consecutive5xx",
-        "must be at least 1",
+        "0 is out of range; use 1 to 10000",
     );
 }
 
@@ -1048,7 +1048,7 @@ fn rejects_bad_slow_start() {
     rejects(
         &pool("    slowStart: {window: 5s, aggression: 0}\n"),
         "pools.web.slowStart.aggression",
-        "above 0",
+        "0 is out of range; use 0.01 to 100",
     );
     rejects(
         &pool("    slowStart: {window: 5s, minWeightPercent: 120}\n"),
@@ -1062,7 +1062,7 @@ fn rejects_bad_admission_settings() {
     rejects(
         &pool("    maxInFlightPerEndpoint: 0\n"),
         "pools.web.maxInFlightPerEndpoint",
-        "at least 1",
+        "0 is out of range; use 1 to 1000000",
     );
     rejects(
         &pool("    queue: {maxLength: 10}\n"),
@@ -1207,12 +1207,12 @@ fn rejects_bad_route_extras() {
     rejects(
         &route("    rateLimit: {requestsPerSecond: 0}\n"),
         "routes[0].rateLimit.requestsPerSecond",
-        "above 0",
+        "0 is out of range; use 0.001 to 1000000",
     );
     rejects(
         &route("    rateLimit: {requestsPerSecond: 5, burst: 0.5}\n"),
         "routes[0].rateLimit.burst",
-        "at least 1",
+        "0.5 is out of range; use 1 to 1000000",
     );
     rejects(
         &route("    cache: {ttl: 0s}\n"),
@@ -1222,7 +1222,7 @@ fn rejects_bad_route_extras() {
     rejects(
         &route("    cache: {ttl: 1s, maxEntries: 0}\n"),
         "routes[0].cache.maxEntries",
-        "at least 1",
+        "0 is out of range; use 1 to 10000000",
     );
     rejects(
         &route("    cache: {ttl: 1s, sessionCookies: [\"a;b\"]}\n"),
@@ -1248,5 +1248,100 @@ fn trusted_proxies() {
         &doc("[\"10.0.0.0/33\"]"),
         "trustedProxies[0]",
         "not an address or CIDR",
+    );
+}
+
+/// Values that `check` used to accept and that crashed the running process
+/// (an overflowing deadline, moka's TTL assertion, a refill wait past
+/// `Duration::MAX`), and every other bounded number at both ends: each is
+/// refused at its field, with the allowed range in the message.
+#[test]
+fn rejects_values_outside_their_bounds() {
+    let route = |extra: &str| {
+        Doc {
+            routes: format!("routes:\n  - pool: web\n{extra}"),
+            ..Doc::default()
+        }
+        .text()
+    };
+    let shutdown = |extra: &str| {
+        Doc {
+            shutdown: format!("shutdown:\n{extra}"),
+            ..Doc::default()
+        }
+        .text()
+    };
+    // The crashes found by the robustness review.
+    rejects(
+        &route("    cache: {ttl: 2000y}\n"),
+        "routes[0].cache.ttl",
+        "is out of range; use 1ms to 1d",
+    );
+    rejects(
+        &listener("    limits: {headerReadTimeout: 300000000000y}\n"),
+        "listeners[0].limits.headerReadTimeout",
+        "use 100ms to 10m",
+    );
+    rejects(
+        &route("    rateLimit: {requestsPerSecond: 1.0e-30}\n"),
+        "routes[0].rateLimit.requestsPerSecond",
+        "out of range; use 0.001 to 1000000",
+    );
+    rejects(
+        &pool("    outlierDetection: {baseEjectionTime: 300000000000y}\n"),
+        "pools.web.outlierDetection.baseEjectionTime",
+        "use 100ms to 1d",
+    );
+    rejects(
+        &pool("    outlierDetection: {maxEjectionTime: 300000000000y}\n"),
+        "pools.web.outlierDetection.maxEjectionTime",
+        "use 100ms to 1d",
+    );
+    // Every other bound, above and below.
+    let cases: &[(String, &str, &str)] = &[
+        (shutdown("  drainTimeout: 2h\n"), "shutdown.drainTimeout", "use 100ms to 1h"),
+        (shutdown("  drainTimeout: 10ms\n"), "shutdown.drainTimeout", "use 100ms to 1h"),
+        (shutdown("  delay: 1h\n"), "shutdown.delay", "use 0s to 10m"),
+        (listener("    limits: {headerReadTimeout: 1ms}\n"), "listeners[0].limits.headerReadTimeout", "use 100ms to 10m"),
+        (listener("    limits: {maxBodyBytes: 65GiB}\n"), "listeners[0].limits.maxBodyBytes", "use 1 to 64GiB"),
+        (listener("    limits: {maxHeaderBytes: 2MiB}\n"), "listeners[0].limits.maxHeaderBytes", "use 8KiB to 1MiB"),
+        (pool("    maxInFlightPerEndpoint: 4\n    queue: {maxLength: 5, timeout: 1h}\n"), "pools.web.queue.timeout", "use 1ms to 10m"),
+        (pool("    drainTimeout: 2days\n"), "pools.web.drainTimeout", "use 0s to 1d"),
+        (pool("    endpoints:\n      file: {path: e.yaml, interval: 1ms}\n").replace("    endpoints:\n      static:\n        - \"127.0.0.1:9001\"\n        - \"127.0.0.1:9002\"\n", ""), "pools.web.endpoints.file.interval", "use 100ms to 1d"),
+        (pool("    stickySessions: {ttl: 500days}\n"), "pools.web.stickySessions.ttl", "use 1s to 400d"),
+        (pool("    slowStart: {window: 2h}\n"), "pools.web.slowStart.window", "use 100ms to 1h"),
+        (pool("    slowStart: {window: 5s, aggression: 1000}\n"), "pools.web.slowStart.aggression", "use 0.01 to 100"),
+        (route("    cache: {ttl: 1s, maxBodyBytes: 1GiB}\n"), "routes[0].cache.maxBodyBytes", "use 1 to 64MiB"),
+        (route("    cache: {ttl: 1s, maxEntries: 100000000}\n"), "routes[0].cache.maxEntries", "use 1 to 10000000"),
+        (route("    rateLimit: {requestsPerSecond: 1.0e9}\n"), "routes[0].rateLimit.requestsPerSecond", "use 0.001 to 1000000"),
+        (route("    rateLimit: {requestsPerSecond: 5, burst: 1.0e300}\n"), "routes[0].rateLimit.burst", "use 1 to 1000000"),
+        (route("    rateLimit: {requestsPerSecond: .nan}\n"), "routes[0].rateLimit.requestsPerSecond", "out of range"),
+        (pool("    healthCheck: {interval: 2h}\n"), "pools.web.healthCheck.interval", "use 100ms to 1h"),
+        (pool("    healthCheck: {rise: 1000}\n"), "pools.web.healthCheck.rise", "use 1 to 100"),
+        (pool("    healthCheck: {fall: 1000}\n"), "pools.web.healthCheck.fall", "use 1 to 100"),
+        (pool("    outlierDetection: {consecutive5xx: 100000}\n"), "pools.web.outlierDetection.consecutive5xx", "use 1 to 10000"),
+        (pool("    outlierDetection: {baseEjectionTime: 1ms}\n"), "pools.web.outlierDetection.baseEjectionTime", "use 100ms to 1d"),
+        (pool("    timeouts: {connect: 1h}\n"), "pools.web.timeouts.connect", "use 1ms to 10m"),
+        (pool("    timeouts: {response: 2days}\n"), "pools.web.timeouts.response", "use 1ms to 1d"),
+        (pool("    timeouts: {idle: 2h}\n"), "pools.web.timeouts.idle", "use 1ms to 1h"),
+        (pool("    maxInFlightPerEndpoint: 10000000\n"), "pools.web.maxInFlightPerEndpoint", "use 1 to 1000000"),
+        (pool("    retries: {minConcurrency: 1000000}\n"), "pools.web.retries.minConcurrency", "use 0 to 100000"),
+    ];
+    for (text, field, part) in cases {
+        rejects(text, field, part);
+    }
+    // The edges themselves are accepted.
+    let c = parse(&route(
+        "    cache: {ttl: 1day}\n    rateLimit: {requestsPerSecond: 0.001}\n",
+    ))
+    .unwrap();
+    assert_eq!(
+        c.routes[0].cache.as_ref().unwrap().ttl,
+        Duration::from_secs(86_400)
+    );
+    let c = parse(&pool("    stickySessions: {ttl: 400days}\n    outlierDetection: {baseEjectionTime: 1day, maxEjectionTime: 1day}\n")).unwrap();
+    assert_eq!(
+        c.pools["web"].sticky.as_ref().unwrap().ttl,
+        Duration::from_secs(400 * 86_400)
     );
 }

@@ -15,6 +15,30 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     })
 }
 
+/// Writes a duration in the largest unit that holds it exactly (`400d`,
+/// `10m`, `100ms`, `0s`), in a form [`parse_duration`] reads back.
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms == 0 || !d.subsec_nanos().is_multiple_of(1_000_000) {
+        return if d.is_zero() {
+            "0s".to_string()
+        } else {
+            format!("{}ns", d.as_nanos())
+        };
+    }
+    for (unit, size) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1000),
+    ] {
+        if ms.is_multiple_of(size) {
+            return format!("{}{unit}", ms / size);
+        }
+    }
+    format!("{ms}ms")
+}
+
 /// Parses a byte size: a plain number, or a number with `B`, `KiB`, `MiB`, `GiB`
 /// (binary) or `KB`, `MB`, `GB` (decimal).
 pub fn parse_size(text: &str) -> Result<u64, String> {
@@ -55,6 +79,21 @@ mod tests {
                 .contains("not a duration")
         );
         assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn formatted_durations_read_back() {
+        for (d, text) in [
+            (Duration::ZERO, "0s"),
+            (Duration::from_millis(100), "100ms"),
+            (Duration::from_millis(1500), "1500ms"),
+            (Duration::from_secs(90), "90s"),
+            (Duration::from_secs(600), "10m"),
+            (Duration::from_secs(86_400 * 400), "400d"),
+        ] {
+            assert_eq!(format_duration(d), text);
+            assert_eq!(parse_duration(text), Ok(d));
+        }
     }
 
     #[test]

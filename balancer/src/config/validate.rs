@@ -10,7 +10,7 @@ use super::raw::{
     RawListener, RawOutlierDetection, RawPool, RawPort, RawRateLimit, RawRetries, RawSize,
     RawSlowStart, RawStatus, RawSticky, RawTimeouts,
 };
-use super::units::{parse_duration, parse_size};
+use super::units::{format_duration, parse_duration, parse_size};
 use super::{
     Admin, Balance, CacheSettings, Certificate, Config, DEFAULT_WEIGHT, Discovery, DnsSource,
     EndpointSpec, FieldError, FileSource, HealthCheck, HostMatch, KubernetesPort, KubernetesSource,
@@ -85,12 +85,13 @@ pub(super) fn config(raw: RawConfig, base: &Path, source: &Path) -> Result<Confi
         Some(s) => {
             let d = Shutdown::default();
             Shutdown {
-                drain_timeout: duration_or(
+                drain_timeout: duration_in(
                     s.drain_timeout,
                     "shutdown.drainTimeout",
                     d.drain_timeout,
+                    bounds::DRAIN,
                 )?,
-                delay: duration_or_zero(s.delay, "shutdown.delay", d.delay)?,
+                delay: duration_in(s.delay, "shutdown.delay", d.delay, bounds::SHUTDOWN_DELAY)?,
             }
         }
     };
@@ -204,7 +205,14 @@ pub(super) fn config(raw: RawConfig, base: &Path, source: &Path) -> Result<Confi
         })
         .collect::<Result<Vec<_>>>()?;
 
+    let max_connections = raw
+        .max_connections
+        .map(|n| number_in(n, "maxConnections", bounds::MAX_CONNECTIONS))
+        .transpose()?
+        .map(|n| n as usize);
+
     Ok(Config {
+        max_connections,
         source: source.to_path_buf(),
         listeners,
         admin,
@@ -281,29 +289,37 @@ fn certificate(c: RawCertificate, at: &str, base: &Path) -> Result<Certificate> 
 
 fn limits(raw: RawLimits, at: &str) -> Result<Limits> {
     let d = Limits::default();
-    let max_header_bytes = size_or(
+    let max_header_bytes = size_in(
         raw.max_header_bytes,
         &format!("{at}.maxHeaderBytes"),
         d.max_header_bytes as u64,
+        bounds::MAX_HEADER_BYTES,
     )?;
-    if !(8192..=1 << 20).contains(&max_header_bytes) {
-        return Err(FieldError::new(
-            format!("{at}.maxHeaderBytes"),
-            format!("{max_header_bytes} is out of range; use 8KiB to 1MiB"),
-        ));
-    }
     Ok(Limits {
-        header_read_timeout: duration_or(
+        header_read_timeout: duration_in(
             raw.header_read_timeout,
             &format!("{at}.headerReadTimeout"),
             d.header_read_timeout,
+            bounds::HEADER_READ_TIMEOUT,
         )?,
         max_header_bytes: max_header_bytes as usize,
-        max_body_bytes: size_or(
+        max_body_bytes: size_in(
             raw.max_body_bytes,
             &format!("{at}.maxBodyBytes"),
             d.max_body_bytes,
+            bounds::MAX_BODY_BYTES,
         )?,
+        idle_timeout: duration_in(
+            raw.idle_timeout,
+            &format!("{at}.idleTimeout"),
+            d.idle_timeout,
+            bounds::IDLE_CONNECTION,
+        )?,
+        max_connections: raw
+            .max_connections
+            .map(|n| number_in(n, &format!("{at}.maxConnections"), bounds::MAX_CONNECTIONS))
+            .transpose()?
+            .map(|n| n as usize),
     })
 }
 
@@ -363,15 +379,16 @@ fn pool(name: String, p: RawPool, at: &str, base: &Path) -> Result<Pool> {
             .slow_start
             .map(|s| slow_start(s, &format!("{at}.slowStart")))
             .transpose()?,
-        max_in_flight_per_endpoint: match p.max_in_flight_per_endpoint {
-            Some(0) => {
-                return Err(FieldError::new(
-                    format!("{at}.maxInFlightPerEndpoint"),
-                    "must be at least 1",
-                ));
-            }
-            other => other,
-        },
+        max_in_flight_per_endpoint: p
+            .max_in_flight_per_endpoint
+            .map(|n| {
+                number_in(
+                    n,
+                    &format!("{at}.maxInFlightPerEndpoint"),
+                    bounds::MAX_IN_FLIGHT,
+                )
+            })
+            .transpose()?,
         queue: match p.queue {
             None => None,
             Some(q) => {
@@ -389,19 +406,22 @@ fn pool(name: String, p: RawPool, at: &str, base: &Path) -> Result<Pool> {
                 }
                 Some(QueueSettings {
                     max_length: q.max_length as usize,
-                    timeout: duration_or(
+                    timeout: duration_in(
                         q.timeout,
                         &format!("{at}.queue.timeout"),
                         Duration::from_secs(10),
+                        bounds::QUEUE_TIMEOUT,
                     )?,
+                    session_priority: q.session_priority.unwrap_or(true),
                 })
             }
         },
         backup_pool: p.backup_pool,
-        drain_timeout: duration_or_zero(
+        drain_timeout: duration_in(
             p.drain_timeout,
             &format!("{at}.drainTimeout"),
             Duration::from_secs(30),
+            bounds::POOL_DRAIN,
         )?,
     })
 }
@@ -419,10 +439,11 @@ fn discovery(raw: &RawEndpoints, at: &str, base: &Path) -> Result<Discovery> {
             }
             Ok(FileSource {
                 path: base.join(&f.path),
-                interval: duration_or(
+                interval: duration_in(
                     f.interval.clone(),
                     &format!("{at}.file.interval"),
                     Duration::from_secs(1),
+                    bounds::DISCOVERY_INTERVAL,
                 )?,
             })
         })
@@ -455,10 +476,11 @@ fn discovery(raw: &RawEndpoints, at: &str, base: &Path) -> Result<Discovery> {
             Ok(DnsSource {
                 name: d.name.trim().to_string(),
                 port: d.port,
-                interval: duration_or(
+                interval: duration_in(
                     d.interval.clone(),
                     &format!("{at}.dns.interval"),
                     Duration::from_secs(5),
+                    bounds::DISCOVERY_INTERVAL,
                 )?,
                 nameservers,
             })
@@ -569,21 +591,29 @@ fn sticky(raw: RawSticky, at: &str, base: &Path) -> Result<Sticky> {
     }
     Ok(Sticky {
         cookie,
-        ttl: duration_or(raw.ttl, &format!("{at}.ttl"), Duration::from_secs(8 * 3600))?,
+        ttl: duration_in(
+            raw.ttl,
+            &format!("{at}.ttl"),
+            Duration::from_secs(8 * 3600),
+            bounds::STICKY_TTL,
+        )?,
         application_cookie,
         secret,
     })
 }
 
 fn slow_start(raw: RawSlowStart, at: &str) -> Result<crate::balance::slow_start::SlowStart> {
-    let window = duration_or(Some(raw.window), &format!("{at}.window"), Duration::ZERO)?;
-    let aggression = raw.aggression.unwrap_or(1.0);
-    if !(aggression.is_finite() && aggression > 0.0) {
-        return Err(FieldError::new(
-            format!("{at}.aggression"),
-            "must be a number above 0 (1.0 is linear)",
-        ));
-    }
+    let window = duration_in(
+        Some(raw.window),
+        &format!("{at}.window"),
+        Duration::ZERO,
+        bounds::SLOW_START_WINDOW,
+    )?;
+    let aggression = number_in(
+        raw.aggression.unwrap_or(1.0),
+        &format!("{at}.aggression"),
+        bounds::AGGRESSION,
+    )?;
     let min = raw.min_weight_percent.unwrap_or(10.0);
     if !(0.0..=100.0).contains(&min) {
         return Err(FieldError::new(
@@ -599,17 +629,16 @@ fn slow_start(raw: RawSlowStart, at: &str) -> Result<crate::balance::slow_start:
 }
 
 fn rate_limit(raw: RawRateLimit, at: &str) -> Result<RateLimit> {
-    let rps = raw.requests_per_second;
-    if !(rps.is_finite() && rps > 0.0) {
-        return Err(FieldError::new(
-            format!("{at}.requestsPerSecond"),
-            "must be above 0",
-        ));
-    }
-    let burst = raw.burst.unwrap_or(rps.max(1.0));
-    if !(burst.is_finite() && burst >= 1.0) {
-        return Err(FieldError::new(format!("{at}.burst"), "must be at least 1"));
-    }
+    let rps = number_in(
+        raw.requests_per_second,
+        &format!("{at}.requestsPerSecond"),
+        bounds::RATE,
+    )?;
+    let burst = number_in(
+        raw.burst.unwrap_or(rps.max(1.0)),
+        &format!("{at}.burst"),
+        bounds::BURST,
+    )?;
     Ok(RateLimit {
         requests_per_second: rps,
         burst,
@@ -617,14 +646,17 @@ fn rate_limit(raw: RawRateLimit, at: &str) -> Result<RateLimit> {
 }
 
 fn cache(raw: RawCache, at: &str) -> Result<CacheSettings> {
-    let ttl = duration_or(Some(raw.ttl), &format!("{at}.ttl"), Duration::ZERO)?;
-    let max_entries = raw.max_entries.unwrap_or(10_000);
-    if max_entries == 0 {
-        return Err(FieldError::new(
-            format!("{at}.maxEntries"),
-            "must be at least 1",
-        ));
-    }
+    let ttl = duration_in(
+        Some(raw.ttl),
+        &format!("{at}.ttl"),
+        Duration::ZERO,
+        bounds::CACHE_TTL,
+    )?;
+    let max_entries = number_in(
+        raw.max_entries.unwrap_or(10_000),
+        &format!("{at}.maxEntries"),
+        bounds::CACHE_ENTRIES,
+    )?;
     let session_cookies = match raw.session_cookies {
         None => [
             "MoodleSession",
@@ -644,7 +676,12 @@ fn cache(raw: RawCache, at: &str) -> Result<CacheSettings> {
     Ok(CacheSettings {
         ttl,
         max_entries,
-        max_body_bytes: size_or(raw.max_body_bytes, &format!("{at}.maxBodyBytes"), 1 << 20)?,
+        max_body_bytes: size_in(
+            raw.max_body_bytes,
+            &format!("{at}.maxBodyBytes"),
+            1 << 20,
+            bounds::CACHE_BODY_BYTES,
+        )?,
         session_cookies,
     })
 }
@@ -680,15 +717,17 @@ fn health_check(h: RawHealthCheck, at: &str) -> Result<HealthCheck> {
             format!("`{path}` must start with `/`"),
         ));
     }
-    let interval = duration_or(
+    let interval = duration_in(
         h.interval,
         &format!("{at}.interval"),
         Duration::from_secs(2),
+        bounds::CHECK_INTERVAL,
     )?;
-    let timeout = duration_or(
+    let timeout = duration_in(
         h.timeout,
         &format!("{at}.timeout"),
         Duration::from_secs(1).min(interval),
+        bounds::CHECK_TIMEOUT,
     )?;
     if timeout > interval {
         return Err(FieldError::new(
@@ -700,8 +739,8 @@ fn health_check(h: RawHealthCheck, at: &str) -> Result<HealthCheck> {
             ),
         ));
     }
-    let rise = count_or(h.rise, &format!("{at}.rise"), 2)?;
-    let fall = count_or(h.fall, &format!("{at}.fall"), 3)?;
+    let rise = count_in(h.rise, &format!("{at}.rise"), 2, bounds::RISE_FALL)?;
+    let fall = count_in(h.fall, &format!("{at}.fall"), 3, bounds::RISE_FALL)?;
     let expect_status = match h.expect_status {
         None => 200..=399,
         Some(RawStatus::Code(c)) => {
@@ -740,15 +779,17 @@ fn health_check(h: RawHealthCheck, at: &str) -> Result<HealthCheck> {
 fn outlier(raw: Option<RawOutlierDetection>, at: &str) -> Result<OutlierDetection> {
     let d = OutlierDetection::default();
     let Some(o) = raw else { return Ok(d) };
-    let base = duration_or(
+    let base = duration_in(
         o.base_ejection_time,
         &format!("{at}.baseEjectionTime"),
         d.base_ejection_time,
+        bounds::EJECTION_TIME,
     )?;
-    let max = duration_or(
+    let max = duration_in(
         o.max_ejection_time,
         &format!("{at}.maxEjectionTime"),
         d.max_ejection_time.max(base),
+        bounds::EJECTION_TIME,
     )?;
     if max < base {
         return Err(FieldError::new(
@@ -765,14 +806,16 @@ fn outlier(raw: Option<RawOutlierDetection>, at: &str) -> Result<OutlierDetectio
     }
     Ok(OutlierDetection {
         enabled: o.enabled.unwrap_or(true),
-        consecutive_5xx: count_or(
+        consecutive_5xx: count_in(
             o.consecutive_5xx,
             &format!("{at}.consecutive5xx"),
             d.consecutive_5xx,
+            bounds::CONSECUTIVE_5XX,
         )?,
         base_ejection_time: base,
         max_ejection_time: max,
         max_ejection_percent: percent,
+        active_check_ends_ejection: o.active_check_ends_ejection.unwrap_or(false),
     })
 }
 
@@ -796,7 +839,11 @@ fn retries(raw: Option<RawRetries>, at: &str) -> Result<Retries> {
     Ok(Retries {
         attempts,
         budget_percent,
-        min_concurrency: r.min_concurrency.unwrap_or(d.min_concurrency),
+        min_concurrency: number_in(
+            r.min_concurrency.unwrap_or(d.min_concurrency),
+            &format!("{at}.minConcurrency"),
+            bounds::RETRY_MIN_CONCURRENCY,
+        )?,
     })
 }
 
@@ -804,9 +851,19 @@ fn timeouts(raw: Option<RawTimeouts>, at: &str) -> Result<Timeouts> {
     let d = Timeouts::default();
     let Some(t) = raw else { return Ok(d) };
     Ok(Timeouts {
-        connect: duration_or(t.connect, &format!("{at}.connect"), d.connect)?,
-        response: duration_or(t.response, &format!("{at}.response"), d.response)?,
-        idle: duration_or(t.idle, &format!("{at}.idle"), d.idle)?,
+        connect: duration_in(
+            t.connect,
+            &format!("{at}.connect"),
+            d.connect,
+            bounds::CONNECT_TIMEOUT,
+        )?,
+        response: duration_in(
+            t.response,
+            &format!("{at}.response"),
+            d.response,
+            bounds::RESPONSE_TIMEOUT,
+        )?,
+        idle: duration_in(t.idle, &format!("{at}.idle"), d.idle, bounds::IDLE_TIMEOUT)?,
     })
 }
 
@@ -886,36 +943,159 @@ fn status_code(code: u16, at: &str) -> Result<()> {
     }
 }
 
-fn duration_or(text: Option<String>, at: &str, default: Duration) -> Result<Duration> {
-    let d = duration_or_zero(text, at, default)?;
-    if d.is_zero() {
-        return Err(FieldError::new(at, "must be longer than zero"));
+/// The range a duration field may take.
+type DurationRange = (Duration, Duration);
+
+/// Parses an optional duration (the default when absent) and checks that it
+/// lies in `range`; the error names the field and the allowed range.
+fn duration_in(
+    text: Option<String>,
+    at: &str,
+    default: Duration,
+    (min, max): DurationRange,
+) -> Result<Duration> {
+    let d = match text {
+        None => return Ok(default),
+        Some(t) => parse_duration(&t).map_err(|e| FieldError::new(at, e))?,
+    };
+    if d < min || d > max {
+        let shown = format_duration;
+        let what = if d.is_zero() {
+            "must be longer than zero".to_string()
+        } else {
+            format!("{} is out of range", shown(d))
+        };
+        return Err(FieldError::new(
+            at,
+            format!("{what}; use {} to {}", shown(min), shown(max)),
+        ));
     }
     Ok(d)
 }
 
-fn duration_or_zero(text: Option<String>, at: &str, default: Duration) -> Result<Duration> {
-    match text {
-        None => Ok(default),
-        Some(t) => parse_duration(&t).map_err(|e| FieldError::new(at, e)),
-    }
-}
-
-fn size_or(raw: Option<RawSize>, at: &str, default: u64) -> Result<u64> {
+/// Parses an optional size (the default when absent) and checks it against
+/// `min..=max` bytes.
+fn size_in(raw: Option<RawSize>, at: &str, default: u64, (min, max): (u64, u64)) -> Result<u64> {
     let size = match raw {
         None => return Ok(default),
         Some(RawSize::Bytes(n)) => n,
         Some(RawSize::Text(t)) => parse_size(&t).map_err(|e| FieldError::new(at, e))?,
     };
-    if size == 0 {
-        return Err(FieldError::new(at, "must be more than zero"));
+    if size < min || size > max {
+        let what = if size == 0 {
+            "must be more than zero".to_string()
+        } else {
+            format!("{} is out of range", show_size(size))
+        };
+        return Err(FieldError::new(
+            at,
+            format!("{what}; use {} to {}", show_size(min), show_size(max)),
+        ));
     }
     Ok(size)
 }
 
-fn count_or(value: Option<u32>, at: &str, default: u32) -> Result<u32> {
-    match value.unwrap_or(default) {
-        0 => Err(FieldError::new(at, "must be at least 1")),
-        n => Ok(n),
+/// A byte count as written in config files: `64KiB`, `1MiB`, or plain bytes.
+fn show_size(n: u64) -> String {
+    match n {
+        0 => "0".to_string(),
+        n if n % (1 << 30) == 0 => format!("{}GiB", n >> 30),
+        n if n % (1 << 20) == 0 => format!("{}MiB", n >> 20),
+        n if n % (1 << 10) == 0 => format!("{}KiB", n >> 10),
+        n => n.to_string(),
     }
+}
+
+/// An optional count (the default when absent), checked against `min..=max`.
+fn count_in(value: Option<u32>, at: &str, default: u32, range: (u32, u32)) -> Result<u32> {
+    number_in(value.unwrap_or(default), at, range)
+}
+
+/// Checks that `n` lies in `min..=max` (NaN never does).
+fn number_in<T: PartialOrd + std::fmt::Display + Copy>(
+    n: T,
+    at: &str,
+    (min, max): (T, T),
+) -> Result<T> {
+    if n >= min && n <= max {
+        Ok(n)
+    } else {
+        Err(FieldError::new(
+            at,
+            format!("{n} is out of range; use {min} to {max}"),
+        ))
+    }
+}
+
+/// The allowed range of every bounded number in the config. Values outside
+/// them are refused by `check` and by a reload, so nothing the balancer
+/// computes from them (deadlines, cache lifetimes, wait times) can overflow.
+pub(crate) mod bounds {
+    use std::time::Duration;
+
+    const MS: Duration = Duration::from_millis(1);
+    const fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+    const MIN: u64 = 60;
+    const HOUR: u64 = 3600;
+    const DAY: u64 = 24 * HOUR;
+
+    /// `shutdown.drainTimeout`.
+    pub const DRAIN: (Duration, Duration) = (Duration::from_millis(100), secs(HOUR));
+    /// `shutdown.delay`.
+    pub const SHUTDOWN_DELAY: (Duration, Duration) = (Duration::ZERO, secs(10 * MIN));
+    /// `listeners[].limits.headerReadTimeout`.
+    pub const HEADER_READ_TIMEOUT: (Duration, Duration) =
+        (Duration::from_millis(100), secs(10 * MIN));
+    /// `listeners[].limits.maxHeaderBytes`: 8 KiB to 1 MiB.
+    pub const MAX_HEADER_BYTES: (u64, u64) = (8192, 1 << 20);
+    /// `listeners[].limits.maxBodyBytes`: 1 byte to 64 GiB.
+    pub const MAX_BODY_BYTES: (u64, u64) = (1, 64 << 30);
+    /// `listeners[].limits.idleTimeout`.
+    pub const IDLE_CONNECTION: (Duration, Duration) = (secs(1), secs(HOUR));
+    /// `maxConnections` and `listeners[].limits.maxConnections`.
+    pub const MAX_CONNECTIONS: (u64, u64) = (1, 1_000_000);
+    /// `pools.*.queue.timeout`.
+    pub const QUEUE_TIMEOUT: (Duration, Duration) = (MS, secs(10 * MIN));
+    /// `pools.*.drainTimeout`.
+    pub const POOL_DRAIN: (Duration, Duration) = (Duration::ZERO, secs(DAY));
+    /// `endpoints.file.interval` and `endpoints.dns.interval`.
+    pub const DISCOVERY_INTERVAL: (Duration, Duration) = (Duration::from_millis(100), secs(DAY));
+    /// `stickySessions.ttl`: browsers cap cookie lifetimes at 400 days.
+    pub const STICKY_TTL: (Duration, Duration) = (secs(1), secs(400 * DAY));
+    /// `slowStart.window`.
+    pub const SLOW_START_WINDOW: (Duration, Duration) = (Duration::from_millis(100), secs(HOUR));
+    /// `routes[].cache.ttl`: a micro-cache.
+    pub const CACHE_TTL: (Duration, Duration) = (MS, secs(DAY));
+    /// `routes[].cache.maxBodyBytes`: bodies are held in memory.
+    pub const CACHE_BODY_BYTES: (u64, u64) = (1, 64 << 20);
+    /// `routes[].cache.maxEntries`.
+    pub const CACHE_ENTRIES: (u64, u64) = (1, 10_000_000);
+    /// `healthCheck.interval`.
+    pub const CHECK_INTERVAL: (Duration, Duration) = (Duration::from_millis(100), secs(HOUR));
+    /// `healthCheck.timeout` (also at most the interval).
+    pub const CHECK_TIMEOUT: (Duration, Duration) = (MS, secs(HOUR));
+    /// `healthCheck.rise` and `fall`.
+    pub const RISE_FALL: (u32, u32) = (1, 100);
+    /// `outlierDetection.consecutive5xx`.
+    pub const CONSECUTIVE_5XX: (u32, u32) = (1, 10_000);
+    /// `outlierDetection.baseEjectionTime` and `maxEjectionTime`.
+    pub const EJECTION_TIME: (Duration, Duration) = (Duration::from_millis(100), secs(DAY));
+    /// `timeouts.connect`.
+    pub const CONNECT_TIMEOUT: (Duration, Duration) = (MS, secs(10 * MIN));
+    /// `timeouts.response`.
+    pub const RESPONSE_TIMEOUT: (Duration, Duration) = (MS, secs(DAY));
+    /// `timeouts.idle`.
+    pub const IDLE_TIMEOUT: (Duration, Duration) = (MS, secs(HOUR));
+    /// `maxInFlightPerEndpoint`.
+    pub const MAX_IN_FLIGHT: (u64, u64) = (1, 1_000_000);
+    /// `retries.minConcurrency`.
+    pub const RETRY_MIN_CONCURRENCY: (u32, u32) = (0, 100_000);
+    /// `rateLimit.requestsPerSecond`.
+    pub const RATE: (f64, f64) = (0.001, 1_000_000.0);
+    /// `rateLimit.burst`.
+    pub const BURST: (f64, f64) = (1.0, 1_000_000.0);
+    /// `slowStart.aggression`.
+    pub const AGGRESSION: (f64, f64) = (0.01, 100.0);
 }

@@ -138,7 +138,14 @@ async fn run(shared: Arc<Shared>, state: Arc<EndpointState>) {
         };
         let result = check_once(state.address(), &settings).await;
         let detail = result.detail.clone();
-        let (transition, unejected) = state.record_check(result, &settings, Instant::now());
+        // Read after the check, so a reload during it applies.
+        let ends_ejection = shared
+            .snapshot
+            .load()
+            .pool(state.pool())
+            .is_some_and(|p| p.settings.outlier_detection.active_check_ends_ejection);
+        let (transition, unejected) =
+            state.record_check(result, &settings, ends_ejection, Instant::now());
         match transition {
             Some(Transition::Up) => {
                 tracing::info!(pool = state.pool(), endpoint = state.address(), %detail, "endpoint is healthy")

@@ -76,7 +76,10 @@ impl OutlierState {
             .base_ejection_time
             .saturating_mul(self.ejections)
             .min(settings.max_ejection_time);
-        let until = now + time;
+        // Ejection times are bounded by validation; saturate all the same.
+        let until = now
+            .checked_add(time)
+            .unwrap_or_else(|| now + Duration::from_secs(86_400));
         self.ejected_until = Some(until);
         Outcome::Ejected(until)
     }
@@ -133,6 +136,7 @@ mod tests {
             base_ejection_time: Duration::from_secs(30),
             max_ejection_time: Duration::from_secs(100),
             max_ejection_percent: 10,
+            active_check_ends_ejection: false,
         }
     }
 
@@ -277,5 +281,21 @@ mod tests {
         assert!(!may_eject(10, 2, 20));
         assert!(may_eject(4, 3, 100));
         assert!(!may_eject(4, 4, 100));
+    }
+
+    #[test]
+    fn an_ejection_time_past_the_clock_saturates() {
+        let t0 = Instant::now();
+        let huge = OutlierDetection {
+            base_ejection_time: Duration::MAX,
+            max_ejection_time: Duration::MAX,
+            ..settings()
+        };
+        let mut s = OutlierState::default();
+        let outcome = (0..3)
+            .map(|_| s.record(false, t0, &huge, true))
+            .last()
+            .unwrap();
+        assert_eq!(outcome, Outcome::Ejected(t0 + Duration::from_secs(86_400)));
     }
 }

@@ -1,13 +1,15 @@
 //! Admission: the first endpoint for a request, through the surge queue
 //! when every endpoint is at `maxInFlightPerEndpoint`.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use http::{HeaderValue, Response, StatusCode, header};
 
 use super::body::local;
 use super::upstream::ProxyBody;
-use crate::endpoint::InFlight;
+use crate::endpoint::{EndpointState, InFlight};
+use crate::queue::{Class, Displaced};
 use crate::snapshot::{PoolRuntime, Rejection};
 
 /// A 503 that tells clients to come back soon.
@@ -62,35 +64,65 @@ impl Drop for WaitMetrics {
 }
 
 /// A reserved slot on an endpoint of `pool`, or the response to send instead.
-pub async fn admit(pool: &PoolRuntime) -> Result<InFlight, Response<ProxyBody>> {
+///
+/// A request `pinned` to an endpoint by its sticky session waits for a slot
+/// on that endpoint: sessions do not bypass `maxInFlightPerEndpoint`. Its
+/// `class` ranks it in the queue when the pool has session priority.
+pub async fn admit(
+    pool: &PoolRuntime,
+    pinned: Option<&Arc<EndpointState>>,
+    class: Class,
+) -> Result<InFlight, Response<ProxyBody>> {
     let now = Instant::now();
     let queue = &pool.live.queue;
-    // FIFO: while others wait, newcomers queue behind them.
-    if !queue.has_waiters()
-        && let Some((_, guard)) = pool.reserve(now, &[])
-    {
-        return Ok(guard);
-    }
-    if !pool.has_available(now) {
-        return Err(no_healthy_endpoint(pool));
+    let limit = pool.settings.max_in_flight_per_endpoint;
+    match pinned {
+        // Its own pod: no need to queue behind requests for other pods.
+        Some(state) => {
+            if let Some(guard) = state.try_start_request(limit) {
+                return Ok(guard);
+            }
+        }
+        // FIFO: while others wait, newcomers queue behind them.
+        None => {
+            if !queue.has_waiters()
+                && let Some((_, guard)) = pool.reserve(now, &[])
+            {
+                return Ok(guard);
+            }
+            if !pool.has_available(now) {
+                return Err(no_healthy_endpoint(pool));
+            }
+        }
     }
     let Some(settings) = &pool.settings.queue else {
         return Err(reject(pool, Rejection::AtCapacity, "is at capacity"));
     };
-    let Some(mut waiting) = queue.enqueue(settings.max_length) else {
+    let Some(mut waiting) = queue.enqueue(
+        settings.max_length,
+        class,
+        pinned.cloned(),
+        settings.session_priority,
+    ) else {
         return Err(reject(
             pool,
             Rejection::Full,
             "is at capacity and its queue is full",
         ));
     };
+    pool.live.metrics.queued[class as usize].inc();
     let _waiting_metrics = WaitMetrics::start(pool);
     // A slot may have freed between the reservation attempt and enqueueing.
     pool.live.slot_freed();
     let outcome = tokio::time::timeout(settings.timeout, &mut waiting.slot).await;
     drop(waiting);
     match outcome {
-        Ok(Ok(guard)) => Ok(guard),
+        Ok(Ok(Ok(guard))) => Ok(guard),
+        Ok(Ok(Err(Displaced))) => Err(reject(
+            pool,
+            Rejection::Displaced,
+            "is at capacity and serves established sessions first",
+        )),
         Ok(Err(_)) => Err(no_healthy_endpoint(pool)),
         Err(_) => Err(reject(
             pool,

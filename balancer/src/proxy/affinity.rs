@@ -26,6 +26,18 @@ pub struct Affinity {
     app_value: Option<String>,
 }
 
+impl Affinity {
+    /// The request's class for session-priority admission: established
+    /// when it carries a session the balancer honours.
+    pub fn class(&self) -> crate::queue::Class {
+        if self.pinned.is_some() || self.app_value.is_some() {
+            crate::queue::Class::Established
+        } else {
+            crate::queue::Class::New
+        }
+    }
+}
+
 /// Reads the request's affinity. Draining endpoints keep their sessions
 /// until the pool's drain timeout; gone or unhealthy ones lose them.
 pub fn resolve(pool: &PoolRuntime, headers: &HeaderMap, now: Instant) -> Affinity {

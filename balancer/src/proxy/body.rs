@@ -111,6 +111,82 @@ impl<B: Body> Body for SentSignal<B> {
     }
 }
 
+/// A request body that can be sent again while no attempt has read it: the
+/// body waits in a shared slot, and the first poll takes it out. After a
+/// failed attempt, [`Reclaimable::take_back`] returns it if that attempt never
+/// read a byte (a refused connection), so the request can go elsewhere with
+/// its body intact, whatever its method or size, without buffering it.
+#[derive(Clone)]
+pub struct Reclaimable(std::sync::Arc<std::sync::Mutex<Option<ProxyBody>>>);
+
+impl Reclaimable {
+    /// Holds `body` until an attempt polls it.
+    pub fn new(body: ProxyBody) -> Self {
+        Self(std::sync::Arc::new(std::sync::Mutex::new(Some(body))))
+    }
+
+    /// The body for one attempt: it takes the held body on its first poll.
+    pub fn attempt(&self) -> ProxyBody {
+        let (end, hint) = {
+            let slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            slot.as_ref().map_or((true, SizeHint::with_exact(0)), |b| {
+                (b.is_end_stream(), b.size_hint())
+            })
+        };
+        ReclaimBody {
+            slot: self.0.clone(),
+            taken: None,
+            end,
+            hint,
+        }
+        .boxed_unsync()
+    }
+
+    /// Whether the body is still unread: no attempt has polled it.
+    pub fn unread(&self) -> bool {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).is_some()
+    }
+}
+
+/// One attempt's view of a [`Reclaimable`] body.
+struct ReclaimBody {
+    slot: std::sync::Arc<std::sync::Mutex<Option<ProxyBody>>>,
+    taken: Option<ProxyBody>,
+    end: bool,
+    hint: SizeHint,
+}
+
+impl Body for ReclaimBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.taken.is_none() {
+            let body = self.slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+            match body {
+                Some(b) => self.taken = Some(b),
+                // Another attempt read it: this one has nothing to send.
+                None => return Poll::Ready(None),
+            }
+        }
+        match self.taken.as_mut() {
+            Some(b) => Pin::new(b).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.taken.as_ref().map_or(self.end, Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.taken.as_ref().map_or(self.hint, Body::size_hint)
+    }
+}
+
 /// An empty body.
 pub fn empty() -> ProxyBody {
     http_body_util::Empty::new()
@@ -131,8 +207,14 @@ pub fn local(status: StatusCode, message: &str) -> Response<ProxyBody> {
     );
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp.extensions_mut().insert(Local);
     resp
 }
+
+/// Marks a response the balancer made itself (an error, a refusal), as
+/// opposed to one relayed from an endpoint.
+#[derive(Debug, Clone, Copy)]
+pub struct Local;
 
 /// Boxes any body with a boxable error.
 pub fn boxed<B>(body: B) -> ProxyBody

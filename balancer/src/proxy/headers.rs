@@ -103,6 +103,38 @@ pub fn request_host<'a>(uri: &'a http::Uri, headers: &'a HeaderMap) -> Option<St
     Some(raw.trim_end_matches('.').to_ascii_lowercase())
 }
 
+/// Why a request is refused with 400 before routing, as HAProxy does: the
+/// target host must be unambiguous and carry no credentials.
+pub fn malformed_target(
+    version: http::Version,
+    uri: &http::Uri,
+    headers: &HeaderMap,
+) -> Option<&'static str> {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Some("more than one Host header");
+    }
+    // userinfo (`user:pass@host`) has no place in a request target (RFC 9110 §4.2.4).
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Some("userinfo in the request target");
+    }
+    if let Some(h) = host {
+        let Ok(text) = h.to_str() else {
+            return Some("a Host header that is not text");
+        };
+        match text.parse::<http::uri::Authority>() {
+            Ok(a) if !a.as_str().contains('@') && !a.host().is_empty() => {}
+            _ => return Some("a Host header that is not host[:port]"),
+        }
+    }
+    // HTTP/1.1 requires Host (RFC 9112 §3.2); HTTP/2 carries :authority.
+    if version == http::Version::HTTP_11 && host.is_none() && uri.authority().is_none() {
+        return Some("an HTTP/1.1 request without Host");
+    }
+    None
+}
+
 fn strip_port(host: &str) -> String {
     if let Some(rest) = host.strip_prefix('[') {
         // [v6]:port
@@ -117,6 +149,48 @@ fn strip_port(host: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn malformed_targets() {
+        use http::Version;
+        let uri = |u: &str| u.parse::<http::Uri>().unwrap();
+        let hosts = |list: &[&'static str]| {
+            let mut h = HeaderMap::new();
+            for v in list {
+                h.append(header::HOST, HeaderValue::from_static(v));
+            }
+            h
+        };
+        let v11 = Version::HTTP_11;
+        assert_eq!(
+            malformed_target(v11, &uri("/"), &hosts(&["lms.example.edu"])),
+            None
+        );
+        assert_eq!(
+            malformed_target(v11, &uri("/"), &hosts(&["lms:8080"])),
+            None
+        );
+        assert_eq!(
+            malformed_target(v11, &uri("/"), &hosts(&["[::1]:8080"])),
+            None
+        );
+        assert!(malformed_target(v11, &uri("/"), &hosts(&["a", "b"])).is_some());
+        assert!(malformed_target(v11, &uri("/"), &hosts(&["u:p@lms"])).is_some());
+        assert!(malformed_target(v11, &uri("http://u:p@lms/x"), &hosts(&["lms"])).is_some());
+        assert!(malformed_target(v11, &uri("/"), &hosts(&[])).is_some());
+        assert_eq!(
+            malformed_target(Version::HTTP_10, &uri("/"), &hosts(&[])),
+            None
+        );
+        assert_eq!(
+            malformed_target(Version::HTTP_2, &uri("https://lms/x"), &hosts(&[])),
+            None
+        );
+        assert_eq!(
+            malformed_target(v11, &uri("http://lms/x"), &hosts(&[])),
+            None
+        );
+    }
 
     #[test]
     fn strips_hop_by_hop_and_connection_named() {

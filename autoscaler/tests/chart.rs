@@ -292,6 +292,7 @@ fn the_default_values_render_the_balancer_and_the_autoscaler() {
         "Service/usher-balancer",
         "Service/usher-balancer-admin",
         "ConfigMap/usher-balancer",
+        "Secret/usher-balancer-sticky",
         "PodDisruptionBudget/usher-balancer",
         "ServiceAccount/usher-balancer",
         "Role/usher-balancer",
@@ -380,9 +381,7 @@ fn the_default_values_render_the_balancer_and_the_autoscaler() {
     let config = find(&docs, "ConfigMap", "usher-balancer")["data"]["balancer.yaml"]
         .as_str()
         .unwrap();
-    let parsed =
-        usher_balancer::config::from_str(config, Path::new("/etc/usher/config/balancer.yaml"))
-            .unwrap_or_else(|e| panic!("the rendered config is invalid: {e}\n{config}"));
+    let parsed = balancer_config(config);
     assert!(!usher_balancer::summary::render(&parsed).is_empty());
     let config: Value = serde_saphyr::from_str(config).unwrap();
     assert_eq!(
@@ -451,6 +450,21 @@ fn the_default_values_render_the_balancer_and_the_autoscaler() {
     assert!(notes.contains("helm test usher -n lms"), "{notes}");
 }
 
+/// The rendered balancer config as the balancer validates it, or a panic
+/// with the reason. The pods read the chart's sticky-session secret from the
+/// Secret mounted at /etc/usher/sticky; here a file with a secret as long as
+/// the generated one stands in for it.
+fn balancer_config(text: &str) -> usher_balancer::config::Config {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("secret"), "s".repeat(48)).unwrap();
+    let local = text.replace(
+        "/etc/usher/sticky/",
+        &format!("{}/", dir.path().to_str().unwrap()),
+    );
+    usher_balancer::config::from_str(&local, Path::new("/etc/usher/config/balancer.yaml"))
+        .unwrap_or_else(|e| panic!("the rendered config is invalid: {e}\n{text}"))
+}
+
 fn pod_selector(deployment: &Value) -> Value {
     deployment["spec"]["selector"]["matchLabels"].clone()
 }
@@ -462,8 +476,7 @@ fn the_moodle_values_render_a_valid_config_policy_monitors_and_alerts() {
     let config = find(&docs, "ConfigMap", "usher-balancer")["data"]["balancer.yaml"]
         .as_str()
         .unwrap();
-    usher_balancer::config::from_str(config, Path::new("/etc/usher/config/balancer.yaml"))
-        .unwrap_or_else(|e| panic!("the rendered config is invalid: {e}\n{config}"));
+    balancer_config(config);
     let config: Value = serde_saphyr::from_str(config).unwrap();
     assert!(
         config["pools"].get("lms").is_none(),
@@ -472,6 +485,10 @@ fn the_moodle_values_render_a_valid_config_policy_monitors_and_alerts() {
     assert_eq!(
         config["pools"]["moodle"]["stickySessions"]["applicationCookie"],
         "MoodleSession"
+    );
+    assert_eq!(
+        config["pools"]["moodle"]["stickySessions"]["secretFile"], "/etc/usher/sticky/secret",
+        "the pool signs with the chart's shared secret"
     );
     // The policy, as the autoscaler reads it, scraping this release's balancers.
     let policy = find(&docs, "ScalingPolicy", "moodle-exam-day");

@@ -295,6 +295,7 @@ fn resource_of(doc: &Value) -> ApiResource {
         "Deployment" => "deployments",
         "Service" => "services",
         "ConfigMap" => "configmaps",
+        "Secret" => "secrets",
         "ServiceAccount" => "serviceaccounts",
         "Role" => "roles",
         "RoleBinding" => "rolebindings",

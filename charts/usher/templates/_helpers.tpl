@@ -112,17 +112,49 @@ The port of an "ip:port" bind address (the argument is the string), e.g.
 {{- end -}}
 
 {{/*
+The Secret holding the sticky-session secret that the balancer pods mount
+at /etc/usher/sticky: balancer.stickySecret.existingSecret, else the
+generated `<balancer fullname>-sticky` when stickySecret.create, else empty
+(nothing mounted).
+*/}}
+{{- define "usher.balancer.stickySecretName" -}}
+{{- $sticky := .Values.balancer.stickySecret -}}
+{{- if $sticky.existingSecret -}}
+{{- $sticky.existingSecret -}}
+{{- else if $sticky.create -}}
+{{- /* Secret names may be 253 characters long: no truncation. */ -}}
+{{- printf "%s-sticky" (include "usher.balancer.fullname" .) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Where the balancer pods mount the sticky-session Secret. */}}
+{{- define "usher.balancer.stickyDir" -}}
+/etc/usher/sticky
+{{- end -}}
+
+{{/*
 The balancer's config as YAML: balancer.config with the release namespace
 filled into every endpoints.kubernetes that names none (the balancer itself
-would read `default`).
+would read `default`), and, while a sticky-session Secret is mounted, its
+file as the secretFile of every pool with stickySessions that sets neither
+secret nor secretFile (so every replica signs cookies with the same secret).
 */}}
 {{- define "usher.balancer.config" -}}
 {{- $config := deepCopy .Values.balancer.config -}}
+{{- $stickySecret := include "usher.balancer.stickySecretName" . -}}
+{{- $stickyFile := printf "%s/%s" (include "usher.balancer.stickyDir" .) .Values.balancer.stickySecret.key -}}
 {{- range $name, $pool := $config.pools -}}
+{{- if kindIs "map" $pool -}}
 {{- $endpoints := $pool.endpoints | default dict -}}
 {{- if and (kindIs "map" $endpoints) (kindIs "map" $endpoints.kubernetes) -}}
 {{- if not $endpoints.kubernetes.namespace -}}
 {{- $_ := set $endpoints.kubernetes "namespace" $.Release.Namespace -}}
+{{- end -}}
+{{- end -}}
+{{- if and $stickySecret (kindIs "map" $pool.stickySessions) -}}
+{{- if not (or (hasKey $pool.stickySessions "secret") (hasKey $pool.stickySessions "secretFile")) -}}
+{{- $_ := set $pool.stickySessions "secretFile" $stickyFile -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}

@@ -13,7 +13,7 @@ use crate::discovery::{self, Discovered, SourceKind, Update, UpdateSender};
 use crate::health::checker::Checkers;
 use crate::snapshot::{Inputs, Snapshot};
 use crate::state::Shared;
-use crate::sticky::StickySecret;
+use crate::sticky::SecretRing;
 
 /// A running source task and the settings it was started with.
 type RunningSource = (String, JoinHandle<()>);
@@ -25,7 +25,7 @@ pub struct PoolUpdater {
     discovered: Discovered,
     updates: UpdateSender,
     sources: Mutex<HashMap<(String, SourceKind), RunningSource>>,
-    secrets: Mutex<HashMap<String, StickySecret>>,
+    secrets: Mutex<HashMap<String, SecretRing>>,
     /// Pools that have had endpoints; the first endpoints of a pool count as
     /// present at start (no slow start, no wait for a first check).
     seen: Mutex<HashSet<String>>,
@@ -122,15 +122,28 @@ impl PoolUpdater {
         let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let lists = |pool: &str| self.discovered.endpoints(pool);
         let initial = |pool: &str| start || !seen.contains(pool);
-        let secrets = |pool: &str, configured: Option<&str>| match configured {
-            Some(s) => StickySecret::new(s.as_bytes().to_vec()),
-            None => self
-                .secrets
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .entry(pool.to_string())
-                .or_insert_with(StickySecret::random)
-                .clone(),
+        let now = std::time::Instant::now();
+        let secrets = |pool: &str, sticky: &crate::config::Sticky| {
+            let configured = sticky.secret.as_deref();
+            let mut rings = self.secrets.lock().unwrap_or_else(|p| p.into_inner());
+            let ring = rings.entry(pool.to_string()).or_insert_with(|| {
+                if configured.is_none() {
+                    tracing::warn!(
+                        pool,
+                        "sticky sessions are signed with a secret of this process only: another balancer replica, or this one after a restart, will not honour its cookies; set stickySessions.secretFile to a secret shared by every replica (the Helm chart does)"
+                    );
+                }
+                SecretRing::new(configured)
+            });
+            let was_local = ring.is_local();
+            let keys = ring.update(configured, sticky.ttl, now);
+            if !was_local && ring.is_local() {
+                tracing::warn!(
+                    pool,
+                    "the sticky-session secret was removed from the config; signing with a secret of this process only"
+                );
+            }
+            keys
         };
         let inputs = Inputs {
             endpoints: &self.shared.endpoints,

@@ -104,7 +104,10 @@ impl Balancer {
                 routes: &routes,
                 endpoint_lists: &|_| Vec::new(),
                 initial: &|_| true,
-                secrets: &|_, _| StickySecret::random(),
+                secrets: &|_, _| crate::sticky::Keys {
+                    current: StickySecret::random(),
+                    previous: None,
+                },
             },
         );
         let registry: Arc<Registry> = Arc::new(metrics.registry(endpoints.clone()));

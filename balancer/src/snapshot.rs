@@ -44,6 +44,22 @@ pub struct StickyRuntime {
     pub secret: StickySecret,
     /// Endpoint by cookie id, draining endpoints included.
     pub by_id: HashMap<String, Arc<EndpointState>>,
+    /// Endpoint by cookie id under the secret a rotation replaced, and
+    /// until when those ids are accepted.
+    pub by_previous_id: Option<(HashMap<String, Arc<EndpointState>>, Instant)>,
+}
+
+impl StickyRuntime {
+    /// The endpoint a cookie id names, under the current secret or, within
+    /// one cookie lifetime of a rotation, the previous one.
+    pub fn endpoint(&self, id: &str, now: Instant) -> Option<&Arc<EndpointState>> {
+        self.by_id.get(id).or_else(|| {
+            self.by_previous_id
+                .as_ref()
+                .filter(|(_, until)| now < *until)
+                .and_then(|(ids, _)| ids.get(id))
+        })
+    }
 }
 
 /// A pool as routed by one snapshot.
@@ -447,8 +463,9 @@ pub struct Inputs<'a> {
     /// Whether a pool's endpoints count as present at start (no slow start,
     /// no wait for a first health check).
     pub initial: &'a dyn Fn(&str) -> bool,
-    /// Per-pool sticky secrets (random ones persist across reloads).
-    pub secrets: &'a dyn Fn(&str, Option<&str>) -> StickySecret,
+    /// Per-pool sticky secrets (random ones persist across reloads; a
+    /// rotated one stays accepted for a cookie lifetime).
+    pub secrets: &'a dyn Fn(&str, &crate::config::Sticky) -> crate::sticky::Keys,
 }
 
 impl Snapshot {
@@ -488,15 +505,18 @@ impl Snapshot {
                 s.set_queue_hook(pool.max_in_flight_per_endpoint.map(|_| live.clone()));
             }
             let sticky = pool.sticky.as_ref().map(|settings| {
-                let secret = (inputs.secrets)(name, settings.secret.as_deref());
-                let by_id = pool_states
-                    .iter()
-                    .map(|s| (secret.endpoint_id(name, s.address()), s.clone()))
-                    .collect();
+                let keys = (inputs.secrets)(name, settings);
+                let ids = |secret: &StickySecret| {
+                    pool_states
+                        .iter()
+                        .map(|s| (secret.endpoint_id(name, s.address()), s.clone()))
+                        .collect::<HashMap<_, _>>()
+                };
                 StickyRuntime {
                     settings: settings.clone(),
-                    secret,
-                    by_id,
+                    by_id: ids(&keys.current),
+                    by_previous_id: keys.previous.map(|(old, until)| (ids(&old), until)),
+                    secret: keys.current,
                 }
             });
             let backup = pool

@@ -42,6 +42,90 @@ impl StickySecret {
     }
 }
 
+impl PartialEq for StickySecret {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+
+/// A pool's signing secrets over time: the one in force, and the one it
+/// replaced, still accepted (never issued) for one cookie lifetime after a
+/// rotation, so learners pinned just before it keep their pod.
+#[derive(Debug, Clone)]
+pub struct SecretRing {
+    current: StickySecret,
+    /// Made up by this process (no secret configured).
+    local: bool,
+    previous: Option<(StickySecret, std::time::Instant)>,
+}
+
+/// The secrets a snapshot signs and checks with.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    /// Signs new cookies and checks them.
+    pub current: StickySecret,
+    /// Still accepted until the instant, after a rotation.
+    pub previous: Option<(StickySecret, std::time::Instant)>,
+}
+
+impl SecretRing {
+    /// The ring for a pool's first config: `configured`, or a secret of this
+    /// process only (logged once by the caller).
+    pub fn new(configured: Option<&str>) -> Self {
+        match configured {
+            Some(s) => Self {
+                current: StickySecret::new(s.as_bytes().to_vec()),
+                local: false,
+                previous: None,
+            },
+            None => Self {
+                current: StickySecret::random(),
+                local: true,
+                previous: None,
+            },
+        }
+    }
+
+    /// Whether the secret is this process's own.
+    pub fn is_local(&self) -> bool {
+        self.local
+    }
+
+    /// Applies a (re)loaded config at `now`: a changed secret becomes
+    /// current and the old one stays accepted for `ttl`. A process-local
+    /// secret persists across reloads while none is configured.
+    pub fn update(
+        &mut self,
+        configured: Option<&str>,
+        ttl: std::time::Duration,
+        now: std::time::Instant,
+    ) -> Keys {
+        let wanted = match configured {
+            Some(s) => Some(StickySecret::new(s.as_bytes().to_vec())),
+            None if self.local => None,
+            None => Some(StickySecret::random()),
+        };
+        if let Some(new) = wanted
+            && new != self.current
+        {
+            let old = std::mem::replace(&mut self.current, new);
+            self.previous = Some((old, now.checked_add(ttl).unwrap_or(now)));
+            self.local = configured.is_none();
+        }
+        if self
+            .previous
+            .as_ref()
+            .is_some_and(|(_, until)| *until <= now)
+        {
+            self.previous = None;
+        }
+        Keys {
+            current: self.current.clone(),
+            previous: self.previous.clone(),
+        }
+    }
+}
+
 /// The value of cookie `name` in the request's `Cookie` headers.
 pub fn find_cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
@@ -106,6 +190,51 @@ mod tests {
             StickySecret::random().endpoint_id("p", "a"),
             StickySecret::random().endpoint_id("p", "a")
         );
+    }
+
+    #[test]
+    fn a_rotated_secret_is_accepted_for_one_cookie_lifetime() {
+        let t0 = std::time::Instant::now();
+        let ttl = std::time::Duration::from_secs(3600);
+        let mut ring = SecretRing::new(Some("first-secret-0123456789"));
+        assert!(!ring.is_local());
+        let k = ring.update(Some("first-secret-0123456789"), ttl, t0);
+        assert!(k.previous.is_none());
+        let k = ring.update(Some("second-secret-0123456789"), ttl, t0);
+        assert_eq!(
+            k.current,
+            StickySecret::new(b"second-secret-0123456789".to_vec())
+        );
+        let (old, until) = k.previous.unwrap();
+        assert_eq!(old, StickySecret::new(b"first-secret-0123456789".to_vec()));
+        assert_eq!(until, t0 + ttl);
+        // Still there within the lifetime, gone after it.
+        let later = t0 + ttl / 2;
+        assert!(
+            ring.update(Some("second-secret-0123456789"), ttl, later)
+                .previous
+                .is_some()
+        );
+        assert!(
+            ring.update(Some("second-secret-0123456789"), ttl, t0 + ttl)
+                .previous
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_local_secret_persists_across_reloads() {
+        let t0 = std::time::Instant::now();
+        let ttl = std::time::Duration::from_secs(60);
+        let mut ring = SecretRing::new(None);
+        assert!(ring.is_local());
+        let a = ring.update(None, ttl, t0).current;
+        let b = ring.update(None, ttl, t0).current;
+        assert_eq!(a, b);
+        // Configuring one later rotates away from it.
+        let k = ring.update(Some("configured-secret-123456"), ttl, t0);
+        assert!(!ring.is_local());
+        assert_eq!(k.previous.unwrap().0, a);
     }
 
     #[test]

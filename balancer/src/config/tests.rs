@@ -1012,9 +1012,9 @@ fn rejects_bad_sticky_settings() {
         "not a cookie name",
     );
     rejects(
-        &pool("    stickySessions: {applicationCookie: MoodleSession, ttl: 1h}\n"),
-        "pools.web.stickySessions.applicationCookie",
-        "sets no cookie of its own",
+        &pool("    stickySessions: {applicationCookie: MoodleSession, cookie: MoodleSession}\n"),
+        "pools.web.stickySessions.cookie",
+        "is the application's cookie",
     );
     rejects(
         &pool("    stickySessions: {secret: short}\n"),

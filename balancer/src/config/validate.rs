@@ -557,10 +557,12 @@ fn sticky(raw: RawSticky, at: &str, base: &Path) -> Result<Sticky> {
         .as_deref()
         .map(|c| cookie_name(c, &format!("{at}.applicationCookie")))
         .transpose()?;
-    if application_cookie.is_some() && (raw.cookie.is_some() || raw.ttl.is_some()) {
+    if application_cookie.as_deref() == Some(cookie.as_str()) {
         return Err(FieldError::new(
-            format!("{at}.applicationCookie"),
-            "with `applicationCookie` the balancer sets no cookie of its own; remove `cookie` and `ttl`",
+            format!("{at}.cookie"),
+            format!(
+                "`{cookie}` is the application's cookie; give the balancer's own cookie another name"
+            ),
         ));
     }
     let secret = match (raw.secret, raw.secret_file) {

@@ -40,65 +40,78 @@ impl Affinity {
 
 /// Reads the request's affinity. Draining endpoints keep their sessions
 /// until the pool's drain timeout; gone or unhealthy ones lose them.
+///
+/// The balancer's own signed cookie is honoured first, in both modes: it
+/// names the pod, so every replica sharing the secret gives the same answer
+/// (Envoy's stateful sessions and HAProxy's `cookie … insert` do the same).
+/// In `applicationCookie` mode, a client without it falls back to the pod
+/// this replica learned for the application cookie, then to rendezvous
+/// hashing.
 pub fn resolve(pool: &PoolRuntime, headers: &HeaderMap, now: Instant) -> Affinity {
     let Some(st) = &pool.sticky else {
         return Affinity::default();
     };
-    match &st.settings.application_cookie {
-        None => {
-            let presented = find_cookie(headers, &st.settings.cookie).map(str::to_string);
-            let pinned = presented
-                .as_deref()
-                .and_then(|id| st.by_id.get(id))
+    let presented = find_cookie(headers, &st.settings.cookie).map(str::to_string);
+    let signed = presented
+        .as_deref()
+        .and_then(|id| st.endpoint(id, now))
+        .filter(|s| s.takes_sticky(now))
+        .cloned();
+    let Some(app) = &st.settings.application_cookie else {
+        return Affinity {
+            pinned: signed,
+            presented,
+            app_value: None,
+        };
+    };
+    let Some(value) = find_cookie(headers, app)
+        .filter(|v| v.len() <= MAX_APP_COOKIE)
+        .map(str::to_string)
+    else {
+        // Our cookie without the application's: the session is gone on the
+        // pod's side, so the request is placed afresh.
+        return Affinity {
+            pinned: None,
+            presented,
+            app_value: None,
+        };
+    };
+    let pinned = signed.or_else(|| {
+        let learned = pool.live.learned.get(&value).and_then(|address| {
+            st.by_id
+                .values()
+                .find(|s| s.address() == address)
                 .filter(|s| s.takes_sticky(now))
-                .cloned();
-            Affinity {
-                pinned,
-                presented,
-                app_value: None,
-            }
-        }
-        Some(app) => {
-            let Some(value) = find_cookie(headers, app)
-                .filter(|v| v.len() <= MAX_APP_COOKIE)
-                .map(str::to_string)
-            else {
-                return Affinity::default();
-            };
-            let learned = pool.live.learned.get(&value).and_then(|address| {
-                st.by_id
-                    .values()
-                    .find(|s| s.address() == address)
-                    .filter(|s| s.takes_sticky(now))
-                    .cloned()
-            });
-            let pinned = learned.or_else(|| {
-                // Unknown here (perhaps learned by another balancer replica):
-                // rendezvous hashing gives every replica the same answer.
-                let available: Vec<&Arc<EndpointState>> = pool
-                    .members
-                    .iter()
-                    .map(|m| &m.state)
-                    .filter(|s| s.is_available(now))
-                    .collect();
-                let chosen = sticky::rendezvous(&value, available.iter().map(|s| s.address()))?;
-                pool.live
-                    .learned
-                    .insert(value.clone(), available[chosen].address().to_string());
-                Some(available[chosen].clone())
-            });
-            Affinity {
-                pinned,
-                presented: None,
-                app_value: Some(value),
-            }
-        }
+                .cloned()
+        });
+        learned.or_else(|| {
+            // Unknown here and no cookie of ours: rendezvous hashing gives
+            // every replica the same answer.
+            let available: Vec<&Arc<EndpointState>> = pool
+                .members
+                .iter()
+                .map(|m| &m.state)
+                .filter(|s| s.is_available(now))
+                .collect();
+            let chosen = sticky::rendezvous(&value, available.iter().map(|s| s.address()))?;
+            pool.live
+                .learned
+                .insert(value.clone(), available[chosen].address().to_string());
+            Some(available[chosen].clone())
+        })
+    });
+    Affinity {
+        pinned,
+        presented,
+        app_value: Some(value),
     }
 }
 
-/// Updates the response after `served` answered: sets our cookie when the
-/// client's is missing or names another endpoint, or learns the application
-/// cookie the response sets.
+/// Updates the response after `served` answered: sets our signed cookie
+/// naming `served` when the client's is missing or names another endpoint
+/// (in `applicationCookie` mode, only while there is an application
+/// session: the request carried the application cookie or the response sets
+/// it), and learns the application cookie.
 pub fn finish(
     pool: &PoolRuntime,
     affinity: &Affinity,
@@ -107,42 +120,45 @@ pub fn finish(
     resp: &mut HeaderMap,
 ) {
     let Some(st) = &pool.sticky else { return };
-    match &st.settings.application_cookie {
-        None => {
-            let id = st.secret.endpoint_id(&pool.settings.name, served.address());
-            if affinity.presented.as_deref() != Some(id.as_str()) {
-                resp.append(
-                    header::SET_COOKIE,
-                    sticky::set_cookie(&st.settings.cookie, &id, st.settings.ttl.as_secs(), secure),
-                );
-            }
-        }
-        Some(app) => {
-            let prefix = format!("{app}=");
-            for v in resp
-                .get_all(header::SET_COOKIE)
-                .iter()
-                .filter_map(|v: &HeaderValue| v.to_str().ok())
-            {
-                if let Some(rest) = v.trim_start().strip_prefix(&prefix) {
-                    let value = rest
-                        .split(';')
-                        .next()
-                        .unwrap_or_default()
-                        .trim()
-                        .trim_matches('"');
-                    if !value.is_empty() && value != "deleted" && value.len() <= MAX_APP_COOKIE {
-                        pool.live
-                            .learned
-                            .insert(value.to_string(), served.address().to_string());
-                    }
+    let mut session = true;
+    if let Some(app) = &st.settings.application_cookie {
+        let prefix = format!("{app}=");
+        let mut set_now = false;
+        for v in resp
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .filter_map(|v: &HeaderValue| v.to_str().ok())
+        {
+            if let Some(rest) = v.trim_start().strip_prefix(&prefix) {
+                let value = rest
+                    .split(';')
+                    .next()
+                    .unwrap_or_default()
+                    .trim()
+                    .trim_matches('"');
+                if !value.is_empty() && value != "deleted" && value.len() <= MAX_APP_COOKIE {
+                    pool.live
+                        .learned
+                        .insert(value.to_string(), served.address().to_string());
+                    set_now = true;
                 }
             }
-            if let Some(value) = &affinity.app_value {
-                pool.live
-                    .learned
-                    .insert(value.clone(), served.address().to_string());
-            }
         }
+        if let Some(value) = &affinity.app_value {
+            pool.live
+                .learned
+                .insert(value.clone(), served.address().to_string());
+        }
+        session = set_now || affinity.app_value.is_some();
+    }
+    if !session {
+        return;
+    }
+    let id = st.secret.endpoint_id(&pool.settings.name, served.address());
+    if affinity.presented.as_deref() != Some(id.as_str()) {
+        resp.append(
+            header::SET_COOKIE,
+            sticky::set_cookie(&st.settings.cookie, &id, st.settings.ttl.as_secs(), secure),
+        );
     }
 }

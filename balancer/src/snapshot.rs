@@ -230,17 +230,20 @@ pub struct PoolLive {
     on_backup: AtomicBool,
     /// Metric handles.
     pub metrics: PoolMetrics,
-    client: Mutex<(Timeouts, UpstreamClient)>,
+    client: Mutex<(Timeouts, UpstreamClient, UpstreamClient)>,
 }
 
 impl PoolLive {
-    /// The upstream client for the current timeouts.
-    pub fn client(&self) -> UpstreamClient {
-        self.client
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .1
-            .clone()
+    /// The upstream client for the current timeouts: pooled connections
+    /// for requests that may be sent twice, a new connection for the others
+    /// (see [`upstream::fresh_client`]).
+    pub fn client(&self, idempotent: bool) -> UpstreamClient {
+        let clients = self.client.lock().unwrap_or_else(|p| p.into_inner());
+        if idempotent {
+            clients.1.clone()
+        } else {
+            clients.2.clone()
+        }
     }
 
     /// Counts a response sent to a client.
@@ -306,7 +309,11 @@ impl Pools {
         if let Some(live) = map.get(&pool.name) {
             let mut client = live.client.lock().unwrap_or_else(|p| p.into_inner());
             if client.0 != pool.timeouts {
-                *client = (pool.timeouts.clone(), upstream::client(&pool.timeouts));
+                *client = (
+                    pool.timeouts.clone(),
+                    upstream::client(&pool.timeouts),
+                    upstream::fresh_client(&pool.timeouts),
+                );
             }
             return live.clone();
         }
@@ -372,7 +379,11 @@ impl Pools {
                     })
                 }),
             },
-            client: Mutex::new((pool.timeouts.clone(), upstream::client(&pool.timeouts))),
+            client: Mutex::new((
+                pool.timeouts.clone(),
+                upstream::client(&pool.timeouts),
+                upstream::fresh_client(&pool.timeouts),
+            )),
         });
         map.insert(pool.name.clone(), live.clone());
         live

@@ -354,7 +354,7 @@ async fn forward(
     let attempts = 1 + settings.retries.attempts;
     let mut tried: Vec<Arc<EndpointState>> = Vec::with_capacity(attempts as usize);
     let mut failure: Option<Response<ProxyBody>> = None;
-    let client = pool.live.client();
+    let client = pool.live.client(idempotent);
     let mut next = Some(first);
     // Why the next attempt is a retry, once one has failed.
     let mut retry_cause: Option<RetryCause> = None;

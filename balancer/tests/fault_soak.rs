@@ -1,7 +1,8 @@
 //! A short fault soak: steady GETs
 //! and POSTs through 4 pods while pods crash and come back, the config is
-//! reloaded and an endpoint is removed and re-added. No request of either
-//! method may fail. Bounded: 20 s of load, each client loop also by count.
+//! reloaded and an endpoint is removed and re-added. No GET may fail, and a
+//! POST only if the pod crashed while processing it. Bounded: 20 s of load,
+//! each client loop also by count.
 
 mod common;
 
@@ -136,9 +137,21 @@ async fn crashes_reloads_and_endpoint_changes_fail_no_request() {
     assert!(round >= 5, "only {round} fault rounds");
     assert!(n(0) > 100 && n(2) > 100, "too little traffic");
     assert_eq!(
-        (n(1), n(3)),
-        (0, 0),
-        "failed requests (GET, POST); first: {:?}",
+        n(1),
+        0,
+        "failed GETs; first: {:?}",
+        failures.lock().unwrap()
+    );
+    // A POST is lost only when it was already being processed by the pod
+    // that crashed: it may have been applied, so it must not run twice (no
+    // proxy may replay it; HAProxy and Envoy answer 502 too). Requests that
+    // never reached a pod, and requests on a pooled connection the pod had
+    // closed, are never lost: at most one in-flight POST per POST client
+    // per crash may fail.
+    assert!(
+        n(3) <= 4 * round as u64,
+        "{} POSTs failed in {round} crashes: more than were in flight; first: {:?}",
+        n(3),
         failures.lock().unwrap()
     );
 }

@@ -140,73 +140,16 @@ else
 fi
 
 # --- processes -------------------------------------------------------------------
-PIDS=()
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    sleep 0.3
-    for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
+    kill_started
     rm -f "$WORK/usher-balancer" "$WORK/example-backend" # large copies; logs and configs stay
     return 0
 }
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
-
-start() { # start LOGFILE CMD...: in the background, pid in LAST_PID
-    local logfile=$1; shift
-    "$@" >"$logfile" 2>&1 &
-    LAST_PID=$!
-    PIDS+=("$LAST_PID")
-}
-
-alive() {
-    local st
-    st=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
-    st=${st##*) }
-    [[ ${st%% *} != Z ]]
-}
-
-forget() {
-    local keep=() p
-    for p in "${PIDS[@]}"; do [[ $p == "$1" ]] || keep+=("$p"); done
-    PIDS=("${keep[@]}")
-}
-
-stop() { # SIGTERM, up to 5 s, then SIGKILL
-    local pid=$1 i
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 50; i++)); do alive "$pid" || break; sleep 0.1; done
-    alive "$pid" && kill -KILL "$pid" 2>/dev/null
-    wait "$pid" 2>/dev/null || true
-    forget "$pid"
-}
-
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-wait_port() { # wait_port PORT PID LOGFILE: up to 20 s (a debug build starts slowly)
-    local i
-    for ((i = 0; i < 200; i++)); do
-        port_open "$1" && return 0
-        alive "$2" || { cat "$3" >&2; die "process $2 exited before listening on $1"; }
-        sleep 0.1
-    done
-    cat "$3" >&2
-    die "nothing listening on 127.0.0.1:$1 after 20 s"
-}
-
-http_status() { # status line of GET PATH on PORT, 5 s at most
-    # shellcheck disable=SC2016 # expanded by the inner bash
-    timeout 5 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1"
-        printf "GET %s HTTP/1.1\r\nHost: bench.local\r\nConnection: close\r\n\r\n" "$2" >&3
-        head -n 1 <&3 | tr -d "\r"' _ "$1" "${2:-/}" || true
-}
-
-thread_summary() {
-    cat /proc/"$1"/task/*/comm 2>/dev/null | sort | uniq -c |
-        awk '{n += $1; s = s (s ? ", " : "") $1 "x " $2} END {print n " threads: " s}'
-}
 
 for p in "$PORT_H1" "$PORT_H2" "$PORT_HTTP_BACKEND" "$PORT_WS_BACKEND"; do
     port_open "$p" && die "127.0.0.1:$p is already in use (set CONNLOAD_PORT_BASE)"
@@ -285,9 +228,9 @@ if [[ -n $BACKEND_SRC ]]; then
 else
     start "$WORK/http-backend.log" "${ON_LOAD[@]}" python3 "$ROOT/bench/connload_ws_backend.py" --listen "127.0.0.1:$PORT_HTTP_BACKEND"
 fi
-wait_port "$PORT_HTTP_BACKEND" "$LAST_PID" "$WORK/http-backend.log"
+wait_port "$PORT_HTTP_BACKEND" "$LAST_PID" "$WORK/http-backend.log" 20
 start "$WORK/ws-backend.log" "${ON_LOAD[@]}" python3 "$ROOT/bench/connload_ws_backend.py" --listen "127.0.0.1:$PORT_WS_BACKEND"
-wait_port "$PORT_WS_BACKEND" "$LAST_PID" "$WORK/ws-backend.log"
+wait_port "$PORT_WS_BACKEND" "$LAST_PID" "$WORK/ws-backend.log" 20
 log "backends: HTTP on 127.0.0.1:$PORT_HTTP_BACKEND, WebSocket echo on 127.0.0.1:$PORT_WS_BACKEND (core $LOAD_CPU)"
 
 # --- runs ------------------------------------------------------------------------
@@ -302,8 +245,8 @@ start_proxy() { # start_proxy NAME LOGFILE: fresh process, both ports open, GET 
         haproxy) start "$logf" "${ON_PROXY[@]}" haproxy -db -f "$HAPROXY_CFG" ;;
         usher) start "$logf" env USHER_LOG=info "${ON_PROXY[@]}" "$USHER_BIN" run -c "$USHER_CFG" ;;
     esac
-    wait_port "$PORT_H1" "$LAST_PID" "$logf"
-    wait_port "$PORT_H2" "$LAST_PID" "$logf"
+    wait_port "$PORT_H1" "$LAST_PID" "$logf" 20
+    wait_port "$PORT_H2" "$LAST_PID" "$logf" 20
     comm=$(<"/proc/$LAST_PID/comm")
     [[ $comm == haproxy || $comm == usher-balance* ]] || die "pid $LAST_PID is '$comm', not the proxy"
     status=$(http_status "$PORT_H1" /)

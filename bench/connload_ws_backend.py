@@ -14,23 +14,14 @@ import argparse
 import asyncio
 import base64
 import hashlib
-import resource
 import struct
 import sys
+
+from connload_client import raise_nofile  # same directory: on sys.path
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 MAX_HEADER = 64 * 1024
 MAX_PAYLOAD = 1 << 20
-
-
-def raise_nofile(want=65536):
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY or soft >= want:
-        return
-    try:  # root may raise the hard limit too
-        resource.setrlimit(resource.RLIMIT_NOFILE, (want, max(want, hard)))
-    except (ValueError, OSError):
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 async def read_frame(reader):

@@ -142,15 +142,11 @@ if ((NICE != 0)) && [[ -w /proc/self/autogroup ]]; then
 fi
 
 # --- process bookkeeping -----------------------------------------------------
-PIDS=()
-LAST_PID=
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 
 cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    sleep 0.3
-    for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
+    kill_started
     [[ $SRC == "$WORK/src" ]] && rm -rf "$SRC"
     [[ -n $AUTOGROUP_OLD ]] && { echo "$AUTOGROUP_OLD" >/proc/self/autogroup; } 2>/dev/null
     return 0
@@ -158,56 +154,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
-
-# start LOGFILE CMD...: start CMD in the background, record its pid in LAST_PID.
-start() {
-    local logfile=$1; shift
-    "$@" >"$logfile" 2>&1 &
-    LAST_PID=$!
-    PIDS+=("$LAST_PID")
-}
-
-alive() { # true while the process runs and is not a zombie
-    local st
-    st=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
-    st=${st##*) }
-    [[ ${st%% *} != Z ]]
-}
-
-stop() { # stop PID: SIGTERM, up to 5 s, then SIGKILL
-    local pid=$1 i
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 50; i++)); do alive "$pid" || break; sleep 0.1; done
-    alive "$pid" && kill -KILL "$pid" 2>/dev/null
-    wait "$pid" 2>/dev/null || true
-    forget "$pid"
-}
-
-forget() { # drop PID from the list cleanup kills
-    local keep=() p
-    for p in "${PIDS[@]}"; do [[ $p == "$1" ]] || keep+=("$p"); done
-    PIDS=("${keep[@]}")
-}
-
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-wait_port() { # wait_port PORT PID LOGFILE: up to 10 s for PORT to accept
-    local i
-    for ((i = 0; i < 100; i++)); do
-        port_open "$1" && return 0
-        alive "$2" || { cat "$3" >&2; die "process $2 exited before listening on $1"; }
-        sleep 0.1
-    done
-    cat "$3" >&2
-    die "nothing listening on 127.0.0.1:$1 after 10 s"
-}
-
-http_status() { # status line of GET / on PORT, 5 s at most
-    # shellcheck disable=SC2016 # $1 is expanded by the inner bash
-    timeout 5 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1"
-        printf "GET / HTTP/1.1\r\nHost: bench.local\r\nConnection: close\r\n\r\n" >&3
-        head -n 1 <&3 | tr -d "\r"' _ "$1" || true
-}
 
 cpu_ticks() { # utime+stime of a process, all threads, in clock ticks
     local st
@@ -222,12 +168,6 @@ vm_hwm_kb() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status"; }
 
 core_busy() { # "busy total" jiffies of one core from /proc/stat
     awk -v c="cpu$1" '$1 == c { t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t }' /proc/stat
-}
-
-thread_summary() { # "N threads: 2x tokio-runtime-w, 1x usher-balancer"
-    local pid=$1 names
-    names=$(cat /proc/"$pid"/task/*/comm 2>/dev/null | sort | uniq -c | awk '{n += $1; s = s (s ? ", " : "") $1 "x " $2} END {print n " threads: " s}')
-    echo "$names"
 }
 
 for p in "$PROXY_PORT" "${BACKEND_PORTS[@]}"; do

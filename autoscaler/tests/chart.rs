@@ -32,7 +32,7 @@ use serde_json::{Value, json};
 #[path = "support/chart.rs"]
 mod support;
 
-use support::{chart, read, render, repo, run, text, yaml};
+use support::{chart, find, read, render, repo, run, text, yaml};
 
 fn bless() -> bool {
     std::env::var_os("USHER_BLESS").is_some()
@@ -238,18 +238,6 @@ fn the_rbac_roles_include_the_rules_files_and_no_template_writes_rules() {
 }
 
 // ---------------------------------------------------------------- rendering
-
-fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
-    docs.iter()
-        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
-        .unwrap_or_else(|| {
-            let have: Vec<String> = docs
-                .iter()
-                .map(|d| format!("{}/{}", d["kind"], d["metadata"]["name"]))
-                .collect();
-            panic!("no {kind} {name} in {have:?}")
-        })
-}
 
 fn container<'a>(deployment: &'a Value, name: &str) -> &'a Value {
     deployment["spec"]["template"]["spec"]["containers"]

@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 #[path = "support/chart.rs"]
 mod support;
 
-use support::{chart, parse_manifests, repo, run, text};
+use support::{chart, find, parse_manifests, repo, run, text};
 
 /// The release name: the chart's fullname is then `exam-usher`.
 const RELEASE: &str = "exam";
@@ -107,18 +107,6 @@ fn values_file(values: &Value) -> (tempfile::TempDir, String) {
 
 fn of_kind<'a>(docs: &'a [Value], kind: &str) -> Vec<&'a Value> {
     docs.iter().filter(|d| d["kind"] == kind).collect()
-}
-
-fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
-    docs.iter()
-        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
-        .unwrap_or_else(|| {
-            let have: Vec<String> = docs
-                .iter()
-                .map(|d| format!("{}/{}", d["kind"], d["metadata"]["name"]))
-                .collect();
-            panic!("no {kind} {name} in {have:?}")
-        })
 }
 
 fn balancer_deployment(docs: &[Value]) -> &Value {

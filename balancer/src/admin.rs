@@ -2,7 +2,6 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -17,7 +16,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::connection::{Activity, ConnLimit};
+use crate::connection::{Activity, ConnLimit, Deadlines};
 use crate::state::Shared;
 
 /// Serves the admin endpoints until `stop` is cancelled.
@@ -47,12 +46,12 @@ pub async fn serve(
             () = stop.cancelled() => break,
             p = limit.acquire(|| ADMIN_MAX_CONNECTIONS) => p,
         };
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             () = stop.cancelled() => break,
             r = tcp.accept() => match r {
-                Ok((s, _)) => {
+                Ok(pair) => {
                     backoff = crate::connection::accept_backoff();
-                    s
+                    pair
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "admin accept failed; backing off");
@@ -67,34 +66,22 @@ pub async fn serve(
         let builder = builder.clone();
         tokio::spawn(async move {
             let _place = place;
-            let started = Arc::new(AtomicBool::new(false));
             let activity = Arc::new(Activity::default());
             let service = service_fn({
-                let started = started.clone();
                 let activity = activity.clone();
                 move |req| {
-                    started.store(true, Ordering::Relaxed);
                     let _busy = activity.busy();
                     let resp = route(&shared, &registry, &req);
                     async move { Ok::<_, Infallible>(resp) }
                 }
             });
-            let first_request = async {
-                tokio::time::sleep(ADMIN_HEADER_TIMEOUT).await;
-                if started.load(Ordering::Relaxed) {
-                    std::future::pending::<()>().await;
-                }
-            };
             let conn = builder.serve_connection(TokioIo::new(stream), service);
             tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                () = first_request => {}
-                () = activity.idle_for(ADMIN_IDLE_TIMEOUT) => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(ADMIN_IDLE_TIMEOUT, conn).await;
-                }
-            }
+            let deadlines = Deadlines {
+                first_request: ADMIN_HEADER_TIMEOUT,
+                idle: ADMIN_IDLE_TIMEOUT,
+            };
+            crate::connection::drive(conn, peer, &activity, deadlines, None, None).await;
         });
     }
 }

@@ -95,9 +95,11 @@ pub fn accept_backoff() -> impl Iterator<Item = Duration> {
         .build()
 }
 
-/// Requests in progress on one connection, and when the last one ended.
+/// Requests in progress on one connection, whether one ever started, and
+/// when the last one ended.
 #[derive(Debug)]
 pub struct Activity {
+    started: AtomicBool,
     in_flight: AtomicUsize,
     /// Milliseconds since `epoch` at the last request end.
     last_ms: AtomicU64,
@@ -107,6 +109,7 @@ pub struct Activity {
 impl Default for Activity {
     fn default() -> Self {
         Self {
+            started: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             last_ms: AtomicU64::new(0),
             epoch: tokio::time::Instant::now(),
@@ -131,8 +134,21 @@ impl Activity {
     /// Marks a request in progress (until the guard drops, which is when
     /// its response has been sent).
     pub fn busy(self: &Arc<Self>) -> Busy {
+        self.started.store(true, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         Busy(self.clone())
+    }
+
+    /// Resolves when `within` has passed without a first request: the
+    /// first request's headers must arrive within `headerReadTimeout`.
+    /// hyper's own header timeout only starts once HTTP/1 parsing has begun,
+    /// so protocol sniffing and the HTTP/2 preface would otherwise have no
+    /// deadline, and a client that sends nothing would hold the connection.
+    pub async fn first_request_late(&self, within: Duration) {
+        tokio::time::sleep(within).await;
+        if self.started.load(Ordering::Relaxed) {
+            std::future::pending::<()>().await;
+        }
     }
 
     /// Resolves once the connection has had no request in progress for
@@ -149,6 +165,94 @@ impl Activity {
                 Some(since) if since.elapsed() >= idle => return,
                 Some(since) => tokio::time::sleep_until(since + idle).await,
                 None => tokio::time::sleep(idle).await,
+            }
+        }
+    }
+}
+
+/// A served hyper connection that can be asked to finish gracefully.
+pub trait Served:
+    std::future::Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>>
+{
+    /// Starts a graceful shutdown (GOAWAY, or close after the response).
+    fn shut_down(self: Pin<&mut Self>);
+}
+
+/// Implements [`Served`] for hyper-util's connection types.
+macro_rules! served {
+    ($conn:ident, $($io:tt)+) => {
+        impl<I, S, E> Served for hyper_util::server::conn::auto::$conn<'_, I, S, E>
+        where
+            Self: std::future::Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>>,
+            S: hyper::service::HttpService<hyper::body::Incoming>,
+            I: $($io)+,
+            S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+            S::ResBody: http_body::Body + 'static,
+            <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+            E: hyper::rt::bounds::Http2ServerConnExec<S::Future, S::ResBody>,
+        {
+            fn shut_down(self: Pin<&mut Self>) {
+                self.graceful_shutdown();
+            }
+        }
+    };
+}
+served!(
+    UpgradeableConnection,
+    hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static
+);
+served!(Connection, hyper::rt::Read + hyper::rt::Write + Unpin);
+
+/// The deadlines of one served connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadlines {
+    /// For the first request's headers.
+    pub first_request: Duration,
+    /// With no request in progress.
+    pub idle: Duration,
+}
+
+/// Serves `conn` until it ends, its first request is late, it has been idle
+/// for `deadlines.idle`, or `shutdown` (when given) is cancelled; the last
+/// two close it gracefully. A late first request gets 408 through `probe`
+/// when one watches the stream.
+pub async fn drive(
+    mut conn: Pin<&mut (dyn Served + Send + '_)>,
+    peer: std::net::SocketAddr,
+    activity: &Activity,
+    deadlines: Deadlines,
+    probe: Option<&Probe>,
+    shutdown: Option<&tokio_util::sync::CancellationToken>,
+) {
+    let shutdown = async {
+        match shutdown {
+            Some(token) => token.cancelled().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = activity.first_request_late(deadlines.first_request) => {
+            // A partial request gets 408 as the stream closes; a silent
+            // connection is closed silently.
+            if let Some(probe) = probe {
+                probe.answer_timeout();
+            }
+            tracing::debug!(%peer, "no request headers within the header timeout; closing");
+        }
+        result = conn.as_mut() => {
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "client connection ended with an error");
+            }
+        }
+        () = activity.idle_for(deadlines.idle) => {
+            tracing::debug!(%peer, "idle timeout; closing");
+            conn.as_mut().shut_down();
+            let _ = tokio::time::timeout(deadlines.idle, conn.as_mut()).await;
+        }
+        () = shutdown => {
+            conn.as_mut().shut_down();
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "client connection ended with an error while draining");
             }
         }
     }
@@ -300,6 +404,25 @@ mod tests {
         drop(busy);
         idle.await.unwrap();
         assert_eq!(waited.elapsed(), Duration::from_secs(35));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_first_request_deadline_holds_only_before_one_starts() {
+        let late = Arc::new(Activity::default());
+        let t0 = tokio::time::Instant::now();
+        late.first_request_late(Duration::from_secs(10)).await;
+        assert_eq!(t0.elapsed(), Duration::from_secs(10));
+        let on_time = Arc::new(Activity::default());
+        drop(on_time.busy());
+        let waited = tokio::time::timeout(
+            Duration::from_secs(60),
+            on_time.first_request_late(Duration::from_secs(10)),
+        )
+        .await;
+        assert!(
+            waited.is_err(),
+            "a connection that had a request is never late"
+        );
     }
 
     #[tokio::test(start_paused = true)]

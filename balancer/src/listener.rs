@@ -2,8 +2,8 @@
 //! hyper-util's auto builder, and graceful connection shutdown.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use arc_swap::ArcSwap;
 use hyper::service::service_fn;
@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{Limits, Listener};
-use crate::connection::{Activity, ConnLimit, Probed};
+use crate::connection::{Activity, ConnLimit, Deadlines, Probed, Served};
 use crate::metrics::ListenerLabels;
 use crate::proxy::{self, ConnInfo};
 use crate::state::Shared;
@@ -279,17 +279,9 @@ async fn serve_connection<I>(
         access_log: runtime.access_log,
     });
     let shared_for_service = shared.clone();
-    // hyper's header_read_timeout only starts once HTTP/1 parsing has begun:
-    // the protocol sniffing before it (auto builder) and the HTTP/2 preface and
-    // handshake have no deadline, so a client that connects and sends nothing
-    // (or a partial preface) would hold the connection forever. The first
-    // request's headers must arrive within headerReadTimeout.
-    let started = Arc::new(AtomicBool::new(false));
-    let started_for_service = started.clone();
     let activity = Arc::new(Activity::default());
     let activity_for_service = activity.clone();
     let service = service_fn(move |req| {
-        started_for_service.store(true, Ordering::Relaxed);
         let busy = activity_for_service.busy();
         let served = proxy::handle(shared_for_service.clone(), info.clone(), req);
         async move {
@@ -298,43 +290,26 @@ async fn serve_connection<I>(
             resp
         }
     });
-    let first_request_deadline = async {
-        tokio::time::sleep(runtime.limits.header_read_timeout).await;
-        if started.load(Ordering::Relaxed) {
-            std::future::pending::<()>().await;
-        }
-    };
     let (io, probe) = Probed::new(io);
     let io = TokioIo::new(io);
-    match protocol {
-        Protocol::Auto => {
-            let conn = runtime.builder.serve_connection_with_upgrades(io, service);
-            drive(
-                conn,
-                peer,
-                &probe,
-                first_request_deadline,
-                &activity,
-                &runtime,
-                &shared,
-            )
-            .await;
-        }
+    let mut conn: Pin<Box<dyn Served + Send + '_>> = match protocol {
+        Protocol::Auto => Box::pin(runtime.builder.serve_connection_with_upgrades(io, service)),
         // hyper-util ignores `http2_only` with upgrades; HTTP/2 has none.
-        Protocol::H2 => {
-            let conn = runtime.h2_only.serve_connection(io, service);
-            drive(
-                conn,
-                peer,
-                &probe,
-                first_request_deadline,
-                &activity,
-                &runtime,
-                &shared,
-            )
-            .await;
-        }
-    }
+        Protocol::H2 => Box::pin(runtime.h2_only.serve_connection(io, service)),
+    };
+    let deadlines = Deadlines {
+        first_request: runtime.limits.header_read_timeout,
+        idle: runtime.limits.idle_timeout,
+    };
+    crate::connection::drive(
+        conn.as_mut(),
+        peer,
+        &activity,
+        deadlines,
+        Some(&probe),
+        Some(&shared.shutdown),
+    )
+    .await;
 }
 
 /// Which protocols a connection may speak.
@@ -344,79 +319,4 @@ enum Protocol {
     Auto,
     /// HTTP/2 only (TLS with ALPN `h2`).
     H2,
-}
-
-/// A served connection that can be asked to finish gracefully.
-trait Served:
-    std::future::Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>>
-{
-    fn shut_down(self: std::pin::Pin<&mut Self>);
-}
-
-impl<I, S, E> Served for auto::UpgradeableConnection<'_, I, S, E>
-where
-    Self: std::future::Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>>,
-    S: hyper::service::HttpService<hyper::body::Incoming>,
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    S::ResBody: http_body::Body + 'static,
-    <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, S::ResBody>,
-{
-    fn shut_down(self: std::pin::Pin<&mut Self>) {
-        self.graceful_shutdown();
-    }
-}
-
-impl<I, S, E> Served for auto::Connection<'_, I, S, E>
-where
-    Self: std::future::Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>>,
-    S: hyper::service::HttpService<hyper::body::Incoming>,
-    I: hyper::rt::Read + hyper::rt::Write + Unpin,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    S::ResBody: http_body::Body + 'static,
-    <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, S::ResBody>,
-{
-    fn shut_down(self: std::pin::Pin<&mut Self>) {
-        self.graceful_shutdown();
-    }
-}
-
-/// Serves `conn` until it ends, its first request's headers are late, it
-/// has been idle for `idleTimeout`, or shutdown begins.
-async fn drive<C: Served>(
-    conn: C,
-    peer: SocketAddr,
-    probe: &crate::connection::Probe,
-    first_request_deadline: impl std::future::Future<Output = ()>,
-    activity: &Activity,
-    runtime: &ListenerRuntime,
-    shared: &Shared,
-) {
-    tokio::pin!(conn);
-    tokio::select! {
-        () = first_request_deadline => {
-            // A partial request gets 408 as the stream closes; a silent
-            // connection is closed silently.
-            probe.answer_timeout();
-            tracing::debug!(%peer, "no request headers within headerReadTimeout; closing");
-        }
-        result = conn.as_mut() => {
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "client connection ended with an error");
-            }
-        }
-        () = activity.idle_for(runtime.limits.idle_timeout) => {
-            tracing::debug!(%peer, "idle timeout; closing");
-            conn.as_mut().shut_down();
-            let _ = tokio::time::timeout(runtime.limits.idle_timeout, conn.as_mut()).await;
-        }
-        () = shared.shutdown.cancelled() => {
-            conn.as_mut().shut_down();
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "client connection ended with an error while draining");
-            }
-        }
-    }
 }

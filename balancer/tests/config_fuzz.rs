@@ -248,6 +248,9 @@ fn live_reloads_of_mutated_configs_never_stop_serving() {
     });
     let accepted = std::cell::Cell::new(0u32);
     let rejected = std::cell::Cell::new(0u32);
+    // Reloads run inside the runtime, as from the watcher or SIGHUP: they
+    // start health-check tasks.
+    let _inside = rt.enter();
     runner
         .run(&mutations(), |ms| {
             let text = mutate(&base_doc, &ms);

@@ -23,6 +23,14 @@ fn addr(tb: &TestBalancer) -> SocketAddr {
     tb.balancer.listener_addr("public").unwrap()
 }
 
+/// The common test config for `pod`, with the public listener's `limits`.
+fn with_limits(pod: &Backend, limits: &str) -> String {
+    config(&[pod], "").replace(
+        "    bind: \"127.0.0.1:0\"\nadmin",
+        &format!("    bind: \"127.0.0.1:0\"\n    limits: {{{limits}}}\nadmin"),
+    )
+}
+
 /// A port nothing listens on: connecting is refused.
 async fn dead_address() -> String {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -339,10 +347,7 @@ async fn a_passing_health_check_does_not_end_an_ejection() {
 #[tokio::test]
 async fn an_idle_http2_connection_is_closed() {
     let pod = Backend::named("pod").await;
-    let yaml = config(&[&pod], "").replace(
-        "    bind: \"127.0.0.1:0\"\nadmin",
-        "    bind: \"127.0.0.1:0\"\n    limits: {idleTimeout: 1s}\nadmin",
-    );
+    let yaml = with_limits(&pod, "idleTimeout: 1s");
     let tb = TestBalancer::start(&yaml).await;
     let tcp = TcpStream::connect(addr(&tb)).await.unwrap();
     let (mut sender, conn) = hyper::client::conn::http2::handshake(
@@ -391,10 +396,7 @@ async fn a_silent_admin_connection_is_closed() {
 #[tokio::test]
 async fn connections_past_the_limit_wait_for_a_place() {
     let pod = Backend::named("pod").await;
-    let yaml = config(&[&pod], "").replace(
-        "    bind: \"127.0.0.1:0\"\nadmin",
-        "    bind: \"127.0.0.1:0\"\n    limits: {maxConnections: 2}\nadmin",
-    );
+    let yaml = with_limits(&pod, "maxConnections: 2");
     let tb = TestBalancer::start(&yaml).await;
     let (soft, hard) = rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap();
     assert_eq!(soft, hard, "the soft open-file limit was not raised");
@@ -436,10 +438,7 @@ async fn connections_past_the_limit_wait_for_a_place() {
 #[tokio::test]
 async fn a_slow_request_gets_408() {
     let pod = Backend::named("pod").await;
-    let yaml = config(&[&pod], "").replace(
-        "    bind: \"127.0.0.1:0\"\nadmin",
-        "    bind: \"127.0.0.1:0\"\n    limits: {headerReadTimeout: 500ms}\nadmin",
-    );
+    let yaml = with_limits(&pod, "headerReadTimeout: 500ms");
     let tb = TestBalancer::start(&yaml).await;
     let answer = raw(
         addr(&tb),

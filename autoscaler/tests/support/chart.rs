@@ -1,7 +1,8 @@
-//! Shared by the chart tests (`chart.rs`, `k8s_chart.rs`): paths, and the
-//! chart rendered by `tests/chart/render.go` (Go's text/template with
-//! Debian's sprig v3 and yaml.v2, Helm's own functions re-implemented;
-//! there is no Helm here).
+//! Shared by the chart tests (`chart.rs`, `k8s_chart.rs`, `helm.rs`): paths,
+//! finding rendered objects, and the chart rendered by
+//! `tests/chart/render.go` (Go's text/template with Debian's sprig v3 and
+//! yaml.v2, Helm's own functions re-implemented), which `chart.rs` and
+//! `k8s_chart.rs` still use; `helm.rs` renders with real Helm.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -122,4 +123,17 @@ pub fn parse_manifests(stream: &str) -> Vec<Value> {
     }
     flush(&mut current);
     docs
+}
+
+/// The rendered object of `kind` named `name`, or a panic listing what there is.
+pub fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| {
+            let have: Vec<String> = docs
+                .iter()
+                .map(|d| format!("{}/{}", d["kind"], d["metadata"]["name"]))
+                .collect();
+            panic!("no {kind} {name} in {have:?}")
+        })
 }

@@ -113,7 +113,7 @@ impl<B: Body> Body for SentSignal<B> {
 
 /// A request body that can be sent again while no attempt has read it: the
 /// body waits in a shared slot, and the first poll takes it out. After a
-/// failed attempt, [`Reclaimable::take_back`] returns it if that attempt never
+/// failed attempt, [`Reclaimable::unread`] says whether that attempt never
 /// read a byte (a refused connection), so the request can go elsewhere with
 /// its body intact, whatever its method or size, without buffering it.
 #[derive(Clone)]
@@ -148,6 +148,11 @@ impl Reclaimable {
     }
 }
 
+/// An attempt found its body already taken by an earlier one.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body was already sent by an earlier attempt")]
+struct BodyAlreadySent;
+
 /// One attempt's view of a [`Reclaimable`] body.
 struct ReclaimBody {
     slot: std::sync::Arc<std::sync::Mutex<Option<ProxyBody>>>,
@@ -168,8 +173,9 @@ impl Body for ReclaimBody {
             let body = self.slot.lock().unwrap_or_else(|p| p.into_inner()).take();
             match body {
                 Some(b) => self.taken = Some(b),
-                // Another attempt read it: this one has nothing to send.
-                None => return Poll::Ready(None),
+                // Another attempt read it: ending here would send a
+                // truncated body, so this attempt fails instead.
+                None => return Poll::Ready(Some(Err(BodyAlreadySent.into()))),
             }
         }
         match self.taken.as_mut() {
@@ -223,4 +229,24 @@ where
     B::Error: Into<BoxError>,
 {
     body.map_err(Into::into).boxed_unsync()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_reclaimable_body_goes_to_the_first_attempt_that_reads_it() {
+        let body = Reclaimable::new(boxed(Full::new(Bytes::from_static(b"answer=42"))));
+        // An attempt that is dropped unread (a refused connection) leaves it.
+        let unread = body.attempt();
+        assert_eq!(unread.size_hint().exact(), Some(9));
+        drop(unread);
+        assert!(body.unread());
+        let sent = body.attempt().collect().await.unwrap().to_bytes();
+        assert_eq!(&sent[..], b"answer=42");
+        assert!(!body.unread());
+        // A later attempt never sends a truncated body.
+        assert!(body.attempt().collect().await.is_err());
+    }
 }

@@ -203,11 +203,19 @@ impl Balancer {
                 // Validation bounds every value, so applying should never
                 // panic; if it does anyway, the reload fails like an invalid
                 // file instead of taking the watcher or the process down, and
-                // the previous snapshot (never replaced half-way) keeps serving.
+                // the previous config is applied again (the panic may have
+                // come after the new snapshot was published).
+                let previous = self.shared.snapshot.load().config.clone();
                 let applied =
                     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.apply(config)));
                 if let Err(panic) = applied {
                     let what = panic_message(panic.as_ref());
+                    let restored = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        self.apply((*previous).clone())
+                    }));
+                    if restored.is_err() {
+                        tracing::error!("restoring the previous config failed too");
+                    }
                     record_reload(&self.shared, false);
                     tracing::error!(error = %what, "config reload failed while applying; the previous config keeps serving");
                     return Err(ConfigError {

@@ -381,3 +381,39 @@ fn the_watcher_survives_values_that_used_to_crash() {
         }
     });
 }
+
+/// A reload that panics while it is being applied, after the new snapshot
+/// may already be published (here: starting a health checker outside the
+/// runtime), fails, and the previous config is in force again.
+#[test]
+fn a_reload_that_panics_while_applying_restores_the_previous_config() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (old, new) =
+        rt.block_on(async { (Backend::named("old").await, Backend::named("new").await) });
+    let mut good = base(&old.address());
+    good["shutdown"]["drainTimeout"] = json!("5s");
+    let text = |doc: &Value| serde_json::to_string_pretty(doc).unwrap();
+    let tb = rt.block_on(TestBalancer::start(&text(&good)));
+    let mut changed = base(&new.address());
+    changed["shutdown"]["drainTimeout"] = json!("7s");
+    tb.rewrite(&text(&changed));
+    // Outside the runtime: the new endpoint's health checker cannot start.
+    let result = tb.balancer.reload();
+    assert!(result.is_err(), "the reload should have failed: {result:?}");
+    let config = tb.balancer.shared().snapshot.load().config.clone();
+    assert_eq!(config.shutdown.drain_timeout, Duration::from_secs(5));
+    assert_eq!(
+        tb.balancer
+            .shared()
+            .metrics
+            .config_last_reload_successful
+            .get(),
+        0
+    );
+    let (status, body) = rt.block_on(get(&client(), &tb.url("/"))).unwrap();
+    assert_eq!((status.as_u16(), body.as_str()), (200, "old"));
+}

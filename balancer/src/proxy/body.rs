@@ -117,12 +117,16 @@ impl<B: Body> Body for SentSignal<B> {
 /// read a byte (a refused connection), so the request can go elsewhere with
 /// its body intact, whatever its method or size, without buffering it.
 #[derive(Clone)]
-pub struct Reclaimable(std::sync::Arc<std::sync::Mutex<Option<ProxyBody>>>);
+pub struct Reclaimable(
+    std::sync::Arc<std::sync::Mutex<Option<ProxyBody>>>,
+    BodyRead,
+);
 
 impl Reclaimable {
-    /// Holds `body` until an attempt polls it.
-    pub fn new(body: ProxyBody) -> Self {
-        Self(std::sync::Arc::new(std::sync::Mutex::new(Some(body))))
+    /// Holds `body` until an attempt polls it; `read` is marked when an
+    /// attempt reads it to its end.
+    pub fn new(body: ProxyBody, read: BodyRead) -> Self {
+        Self(std::sync::Arc::new(std::sync::Mutex::new(Some(body))), read)
     }
 
     /// The body for one attempt: it takes the held body on its first poll.
@@ -135,6 +139,7 @@ impl Reclaimable {
         };
         ReclaimBody {
             slot: self.0.clone(),
+            read: self.1.clone(),
             taken: None,
             end,
             hint,
@@ -156,6 +161,7 @@ struct BodyAlreadySent;
 /// One attempt's view of a [`Reclaimable`] body.
 struct ReclaimBody {
     slot: std::sync::Arc<std::sync::Mutex<Option<ProxyBody>>>,
+    read: BodyRead,
     taken: Option<ProxyBody>,
     end: bool,
     hint: SizeHint,
@@ -178,10 +184,14 @@ impl Body for ReclaimBody {
                 None => return Poll::Ready(Some(Err(BodyAlreadySent.into()))),
             }
         }
-        match self.taken.as_mut() {
-            Some(b) => Pin::new(b).poll_frame(cx),
-            None => Poll::Ready(None),
+        let Some(b) = self.taken.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let frame = Pin::new(&mut *b).poll_frame(cx);
+        if matches!(frame, Poll::Ready(None)) || b.is_end_stream() {
+            self.read.mark();
         }
+        frame
     }
 
     fn is_end_stream(&self) -> bool {
@@ -213,14 +223,26 @@ pub fn local(status: StatusCode, message: &str) -> Response<ProxyBody> {
     );
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    resp.extensions_mut().insert(Local);
     resp
 }
 
-/// Marks a response the balancer made itself (an error, a refusal), as
-/// opposed to one relayed from an endpoint.
-#[derive(Debug, Clone, Copy)]
-pub struct Local;
+/// Whether a request's body has been read to its end, shared between the
+/// request path, which reads it, and the answer, which must say
+/// `Connection: close` on HTTP/1 if it has not (hyper then closes the
+/// connection rather than reuse it with unread bytes).
+#[derive(Debug, Clone, Default)]
+pub struct BodyRead(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl BodyRead {
+    /// Whether the body has been read to its end.
+    pub fn done(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn mark(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Release);
+    }
+}
 
 /// Boxes any body with a boxable error.
 pub fn boxed<B>(body: B) -> ProxyBody
@@ -237,15 +259,21 @@ mod tests {
 
     #[tokio::test]
     async fn a_reclaimable_body_goes_to_the_first_attempt_that_reads_it() {
-        let body = Reclaimable::new(boxed(Full::new(Bytes::from_static(b"answer=42"))));
+        let read = BodyRead::default();
+        let body = Reclaimable::new(
+            boxed(Full::new(Bytes::from_static(b"answer=42"))),
+            read.clone(),
+        );
         // An attempt that is dropped unread (a refused connection) leaves it.
         let unread = body.attempt();
         assert_eq!(unread.size_hint().exact(), Some(9));
         drop(unread);
         assert!(body.unread());
+        assert!(!read.done());
         let sent = body.attempt().collect().await.unwrap().to_bytes();
         assert_eq!(&sent[..], b"answer=42");
         assert!(!body.unread());
+        assert!(read.done(), "read to its end");
         // A later attempt never sends a truncated body.
         assert!(body.attempt().collect().await.is_err());
     }

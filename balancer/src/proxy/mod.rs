@@ -67,11 +67,16 @@ pub async fn handle(
             req.version(),
         )
     });
-    // An HTTP/1 request whose body may go unread by a local answer (an
-    // error or a refusal): hyper then closes the connection, so the answer
-    // says so, and a keep-alive client does not write its next request into
-    // a closed socket (RFC 9112 §9.6).
-    let unread_body_closes = req.version() <= Version::HTTP_11 && !req.body().is_end_stream();
+    // An HTTP/1 request with a body that may not be read to its end: by a
+    // local answer (an error, a refusal), or an endpoint that answers before
+    // reading it. hyper then closes the connection, so the answer says so,
+    // and a keep-alive client does not write its next request into a closed
+    // socket (RFC 9112 §9.6).
+    let body_read = (req.version() <= Version::HTTP_11 && !req.body().is_end_stream()).then(|| {
+        let read = body::BodyRead::default();
+        req.extensions_mut().insert(read.clone());
+        read
+    });
     let mut pool_name = None;
     let mut resp = match snapshot.route(host.as_deref().unwrap_or_default(), req.uri().path()) {
         None => local(
@@ -104,7 +109,7 @@ pub async fn handle(
     resp.headers_mut()
         .entry(&headers::X_REQUEST_ID)
         .or_insert(request_id);
-    if unread_body_closes && resp.extensions().get::<body::Local>().is_some() {
+    if body_read.is_some_and(|read| !read.done()) {
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
@@ -340,15 +345,22 @@ async fn forward(
         .map_or("/", |p| p.as_str())
         .to_string();
 
-    let body = body::Reclaimable::new(boxed(
-        Limited::new(body, conn.max_body_bytes as usize).map_err(|e| {
-            if e.is::<LengthLimitError>() {
-                e
-            } else {
-                Box::new(ClientBodyError(e)) as upstream::BoxError
-            }
-        }),
-    ));
+    let read = parts
+        .extensions
+        .remove::<body::BodyRead>()
+        .unwrap_or_default();
+    let body = body::Reclaimable::new(
+        boxed(
+            Limited::new(body, conn.max_body_bytes as usize).map_err(|e| {
+                if e.is::<LengthLimitError>() {
+                    e
+                } else {
+                    Box::new(ClientBodyError(e)) as upstream::BoxError
+                }
+            }),
+        ),
+        read,
+    );
     let settings = &pool.settings;
     let idempotent = is_idempotent(&parts.method);
     let attempts = 1 + settings.retries.attempts;

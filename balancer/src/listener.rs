@@ -283,12 +283,17 @@ async fn serve_connection<I>(
     let activity_for_service = activity.clone();
     let service = service_fn(move |req| {
         let busy = activity_for_service.busy();
-        let served = proxy::handle(shared_for_service.clone(), info.clone(), req);
-        async move {
-            let resp = served.await;
+        let (shared, info) = (shared_for_service.clone(), info.clone());
+        // Boxed: hyper keeps room for one service future per HTTP/1
+        // connection, idle or not, and the request path's future is large.
+        // Boxed, an idle keep-alive connection holds a pointer instead, and
+        // the future's memory lives only while a request is in flight. The
+        // request path's future is made inside the box, not moved into it.
+        Box::pin(async move {
+            let resp = proxy::handle(shared, info, req).await;
             drop(busy);
             resp
-        }
+        })
     });
     let (io, probe) = Probed::new(io);
     let io = TokioIo::new(io);

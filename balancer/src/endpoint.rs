@@ -101,6 +101,12 @@ pub struct EndpointState {
     slow_start_since: AtomicU64,
     /// The pool's surge queue, told whenever a slot frees.
     queue_hook: ArcSwapOption<crate::snapshot::PoolLive>,
+    /// Whether it has ever been healthy (a pod that never was is starting).
+    ever_healthy: AtomicBool,
+    /// Live sticky sessions pinned to it (see [`crate::sessions`]).
+    sessions: AtomicU64,
+    /// New sessions sent to it whose response has not come back yet.
+    births: AtomicU64,
     health: Mutex<Health>,
     metrics: EndpointMetrics,
 }
@@ -153,6 +159,9 @@ impl EndpointState {
             sticky_hold: AtomicU64::new(0),
             slow_start_since: AtomicU64::new(0),
             queue_hook: ArcSwapOption::empty(),
+            ever_healthy: AtomicBool::new(counter.is_healthy()),
+            sessions: AtomicU64::new(0),
+            births: AtomicU64::new(0),
             health: Mutex::new(Health {
                 counter,
                 outlier: OutlierState::default(),
@@ -213,6 +222,43 @@ impl EndpointState {
             .map(|_| InFlight {
                 endpoint: self.clone(),
             })
+    }
+
+    /// Whether it is a pod that has not served yet: listed, never healthy,
+    /// not draining (capacity that is coming).
+    pub fn is_starting(&self) -> bool {
+        !self.ever_healthy.load(Ordering::Relaxed) && !self.is_draining()
+    }
+
+    /// Live sticky sessions pinned to it.
+    pub fn sessions(&self) -> u64 {
+        self.sessions.load(Ordering::Relaxed)
+    }
+
+    /// Live sessions plus new sessions on their way to it: what placement
+    /// weighs.
+    pub fn session_load(&self) -> u64 {
+        self.sessions() + self.births.load(Ordering::Relaxed)
+    }
+
+    /// Counts a session that began (or moved) here.
+    pub(crate) fn session_started(&self) {
+        self.sessions.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a session that ended (idle past its horizon) or moved away.
+    pub(crate) fn session_ended(&self) {
+        let _ = self
+            .sessions
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+    }
+
+    /// Counts a new session on its way here until the guard drops.
+    pub fn start_birth(self: &Arc<Self>) -> Birth {
+        self.births.fetch_add(1, Ordering::Relaxed);
+        Birth {
+            endpoint: self.clone(),
+        }
     }
 
     /// Whether it may take a new request at `now`.
@@ -411,6 +457,9 @@ impl EndpointState {
         }
         self.healthy
             .store(h.counter.is_healthy(), Ordering::Relaxed);
+        if h.counter.is_healthy() {
+            self.ever_healthy.store(true, Ordering::Relaxed);
+        }
         h.last_check = Some(result);
         drop(h);
         // Envoy's rule: a host that comes back healthy ramps up again; one
@@ -454,6 +503,19 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.endpoint.in_flight.fetch_sub(1, Ordering::AcqRel);
         self.endpoint.notify_slot();
+    }
+}
+
+/// A new session on its way to an endpoint: counted in its session load
+/// until the response comes back (and the session, if any, is recorded).
+#[derive(Debug)]
+pub struct Birth {
+    endpoint: Arc<EndpointState>,
+}
+
+impl Drop for Birth {
+    fn drop(&mut self) {
+        self.endpoint.births.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -511,6 +573,12 @@ impl Endpoints {
         }
         map.insert((pool.to_string(), address.to_string()), state.clone());
         state
+    }
+
+    /// Whether `address` of `pool` has live state (it was a member).
+    pub fn contains(&self, pool: &str, address: &str) -> bool {
+        self.lock()
+            .contains_key(&(pool.to_string(), address.to_string()))
     }
 
     /// Marks every endpoint not in `keep` as draining: it takes no new

@@ -21,6 +21,7 @@ pub mod queue;
 pub mod ratelimit;
 pub mod retry_budget;
 pub mod server;
+pub mod sessions;
 pub mod snapshot;
 pub mod state;
 pub mod sticky;

@@ -183,6 +183,14 @@ pub struct Metrics {
     pub rate_limited: Family<PoolLabels, Counter>,
     /// Micro-cache lookups by result.
     pub cache_lookups: Family<CacheLabels, Counter>,
+    /// New sessions that waited for starting pods.
+    pub births_held: Family<PoolLabels, Counter>,
+    /// Time new sessions waited for starting pods.
+    pub birth_hold: HistogramFamily<PoolLabels>,
+    /// Sessions moved off an overloaded pod (`mobility: shared`).
+    pub sessions_moved: Family<PoolLabels, Counter>,
+    /// Pods listed as starting.
+    pub starting_endpoints: Family<PoolLabels, Gauge>,
 }
 
 impl fmt::Debug for Metrics {
@@ -218,6 +226,10 @@ impl Default for Metrics {
             failovers: Family::default(),
             rate_limited: Family::default(),
             cache_lookups: Family::default(),
+            births_held: Family::default(),
+            birth_hold: Family::new_with_constructor(latency_histogram),
+            sessions_moved: Family::default(),
+            starting_endpoints: Family::default(),
         }
     }
 }
@@ -338,6 +350,26 @@ impl Metrics {
             "Micro-cache lookups: hit, miss, collapsed (waited for a concurrent miss), bypass",
             self.cache_lookups.clone(),
         );
+        r.register(
+            "session_births_held",
+            "New sticky sessions that waited for starting pods because every ready pod held its share of sessions",
+            self.births_held.clone(),
+        );
+        r.register(
+            "session_birth_hold_seconds",
+            "Time new sticky sessions waited for starting pods",
+            self.birth_hold.clone(),
+        );
+        r.register(
+            "sessions_moved",
+            "Established sessions moved off a pod above the bounded load (stickySessions.mobility: shared)",
+            self.sessions_moved.clone(),
+        );
+        r.register(
+            "pool_starting_endpoints",
+            "Pods listed by discovery as starting (not ready yet)",
+            self.starting_endpoints.clone(),
+        );
         r.register_collector(Box::new(LiveCollector { endpoints }));
         r
     }
@@ -391,6 +423,22 @@ impl Collector for LiveCollector {
                     endpoint: s.address().to_string(),
                 };
                 ConstGauge::new(s.in_flight() as i64).encode(e.encode_family(&labels)?)?;
+            }
+        }
+
+        {
+            let mut e = encoder.encode_descriptor(
+                "endpoint_sessions",
+                "Live sticky sessions pinned to an endpoint (a request within stickySessions.sessionPlacement.liveFor)",
+                None,
+                prometheus_client::metrics::MetricType::Gauge,
+            )?;
+            for s in &states {
+                let labels = EndpointLabels {
+                    pool: s.pool().to_string(),
+                    endpoint: s.address().to_string(),
+                };
+                ConstGauge::new(s.sessions() as i64).encode(e.encode_family(&labels)?)?;
             }
         }
 

@@ -168,6 +168,7 @@ impl PoolUpdater {
         // New capacity may have arrived: let waiting requests have it.
         for live in pools {
             live.slot_freed();
+            live.capacity.notify_waiters();
         }
     }
 
@@ -236,8 +237,12 @@ impl PoolUpdater {
     /// rebuild just brought back is never forgotten.
     pub fn sweep(&self) -> usize {
         let _serial = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        let members = self.shared.snapshot.load().members();
-        self.shared.endpoints.sweep(&members, Instant::now())
+        let snapshot = self.shared.snapshot.load();
+        let now = Instant::now();
+        for pool in &snapshot.pools {
+            pool.live.sessions.sweep(now, false);
+        }
+        self.shared.endpoints.sweep(&snapshot.members(), now)
     }
 
     /// Stops every source and checker.

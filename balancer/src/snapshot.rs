@@ -76,6 +76,19 @@ pub struct PoolRuntime {
     pub sticky: Option<StickyRuntime>,
     /// Index of the backup pool in the snapshot.
     pub backup: Option<usize>,
+    /// Endpoints listed as starting by discovery (not members yet).
+    pub starting_listed: usize,
+}
+
+/// Where a new session goes ([`PoolRuntime::place_session`]).
+#[derive(Debug)]
+pub enum SessionHome {
+    /// Born on this endpoint.
+    At(Arc<EndpointState>),
+    /// Wait for pods that are starting.
+    Hold,
+    /// No endpoint below its limit: placed as any request is.
+    Anywhere,
 }
 
 impl std::fmt::Debug for PoolRuntime {
@@ -127,6 +140,95 @@ impl PoolRuntime {
         None
     }
 
+    /// Pods on their way: listed as starting, or members never healthy yet.
+    pub fn starting(&self) -> usize {
+        self.starting_listed
+            + self
+                .members
+                .iter()
+                .filter(|m| m.state.is_starting())
+                .count()
+    }
+
+    /// Where a request that will create a session goes: by live sessions
+    /// and load together among available endpoints below the in-flight
+    /// limit ([`balance::placement`]); `Hold` while pods are starting and
+    /// every ready one holds its share, when `may_hold`. `waiting` other new
+    /// sessions are waiting for starting pods.
+    pub fn place_session(
+        &self,
+        now: Instant,
+        may_hold: bool,
+        waiting: u64,
+        entropy: u64,
+    ) -> SessionHome {
+        self.place(now, may_hold.then_some(waiting), None, entropy)
+    }
+
+    /// The best home for a session leaving `from` (never held).
+    pub fn place_session_excluding(
+        &self,
+        now: Instant,
+        from: &Arc<EndpointState>,
+        entropy: u64,
+    ) -> SessionHome {
+        self.place(now, None, Some(from), entropy)
+    }
+
+    /// Places among available endpoints but `exclude`; `hold` is the number
+    /// of other waiting births when the session may wait for starting pods.
+    fn place(
+        &self,
+        now: Instant,
+        hold: Option<u64>,
+        exclude: Option<&Arc<EndpointState>>,
+        entropy: u64,
+    ) -> SessionHome {
+        let limit = self.settings.max_in_flight_per_endpoint;
+        let mut index = Vec::with_capacity(self.members.len());
+        let mut homes = Vec::with_capacity(self.members.len());
+        for (i, m) in self.members.iter().enumerate() {
+            if !m.state.is_available(now) || exclude.is_some_and(|e| Arc::ptr_eq(e, &m.state)) {
+                continue;
+            }
+            let in_flight = m.state.in_flight();
+            index.push(i);
+            homes.push(balance::placement::Home {
+                weight: f64::from(m.weight),
+                sessions: m.state.session_load(),
+                in_flight,
+                open: limit.is_none_or(|l| in_flight < l),
+            });
+        }
+        let starting = self.starting();
+        match balance::placement::place(
+            &homes,
+            starting,
+            hold.unwrap_or(0),
+            hold.is_some(),
+            entropy,
+        ) {
+            Some(balance::placement::Placement::Hold) => SessionHome::Hold,
+            Some(balance::placement::Placement::At(h)) => {
+                SessionHome::At(self.members[index[h]].state.clone())
+            }
+            None => SessionHome::Anywhere,
+        }
+    }
+
+    /// Whether an established session on `pinned` should move elsewhere
+    /// (`mobility: shared`): its pod is above the bounded load.
+    pub fn overloaded(&self, pinned: &EndpointState, factor: f64, now: Instant) -> bool {
+        let (mut total, mut available) = (0, 0);
+        for m in &self.members {
+            if m.state.is_available(now) {
+                total += m.state.in_flight();
+                available += 1;
+            }
+        }
+        balance::placement::overloaded(pinned.in_flight(), total, available, factor)
+    }
+
     /// Whether any endpoint takes new requests (limits aside).
     pub fn has_available(&self, now: Instant) -> bool {
         self.members.iter().any(|m| m.state.is_available(now))
@@ -176,6 +278,14 @@ pub struct PoolMetrics {
     pub cache: [Counter; 4],
     /// Retries by cause: index [`RetryCause`].
     pub retries: [Counter; 2],
+    /// New sessions that waited for starting pods.
+    pub births_held: Counter,
+    /// How long they waited.
+    pub birth_hold: Histogram,
+    /// Established sessions moved off an overloaded pod (`mobility: shared`).
+    pub sessions_moved: Counter,
+    /// Pods starting (listed, not ready yet).
+    pub starting: Gauge,
 }
 
 /// Why a request was sent again: index into [`PoolMetrics::retries`].
@@ -226,6 +336,12 @@ pub struct PoolLive {
     pub current: ArcSwapOption<PoolRuntime>,
     /// Application-cookie value → endpoint address, learned from responses.
     pub learned: moka::sync::Cache<String, String>,
+    /// Live sessions per endpoint.
+    pub sessions: crate::sessions::SessionTable,
+    /// New sessions waiting for starting pods now.
+    pub births_waiting: std::sync::atomic::AtomicU64,
+    /// Woken when the endpoints change (a starting pod may be ready).
+    pub capacity: tokio::sync::Notify,
     /// Whether traffic currently goes to the backup pool.
     on_backup: AtomicBool,
     /// Metric handles.
@@ -336,6 +452,15 @@ impl Pools {
                 .max_capacity(200_000)
                 .time_to_idle(Duration::from_secs(24 * 3600))
                 .build(),
+            sessions: crate::sessions::SessionTable::new(
+                pool.sticky
+                    .as_ref()
+                    .map_or(crate::config::SessionPlacement::default().live_for, |s| {
+                        s.placement.live_for
+                    }),
+            ),
+            births_waiting: std::sync::atomic::AtomicU64::new(0),
+            capacity: tokio::sync::Notify::new(),
             on_backup: AtomicBool::new(false),
             metrics: PoolMetrics {
                 responses: CODE_CLASSES.map(|c| {
@@ -378,6 +503,10 @@ impl Pools {
                         reason: r,
                     })
                 }),
+                births_held: m.births_held.get_or_create_owned(&labels),
+                birth_hold: m.birth_hold.get_or_create_owned(&labels),
+                sessions_moved: m.sessions_moved.get_or_create_owned(&labels),
+                starting: m.starting_endpoints.get_or_create_owned(&labels),
             },
             client: Mutex::new((
                 pool.timeouts.clone(),
@@ -489,7 +618,21 @@ impl Snapshot {
         for (name, pool) in &config.pools {
             let initial = (inputs.initial)(name);
             let live = inputs.pools.get_or_create(pool);
-            let members: Vec<Member> = (inputs.endpoint_lists)(name)
+            let (starting, listed): (Vec<EndpointSpec>, Vec<EndpointSpec>) =
+                (inputs.endpoint_lists)(name)
+                    .into_iter()
+                    .partition(|e| e.starting);
+            // A pod that served before and is not ready now (failing its
+            // readiness probe) is not capacity on its way.
+            let starting_listed = starting
+                .iter()
+                .filter(|e| !inputs.endpoints.contains(name, &e.address))
+                .count();
+            live.metrics.starting.set(starting_listed as i64);
+            if let Some(st) = &pool.sticky {
+                live.sessions.set_live_for(st.placement.live_for);
+            }
+            let members: Vec<Member> = listed
                 .into_iter()
                 .map(|e| {
                     let state = inputs.endpoints.get_or_create(
@@ -541,6 +684,7 @@ impl Snapshot {
                 live,
                 sticky,
                 backup,
+                starting_listed,
             }));
         }
         for rt in &runtimes {

@@ -7,6 +7,7 @@
 
 mod least_conn;
 mod p2c;
+pub mod placement;
 pub mod slow_start;
 
 pub use least_conn::LeastConnections;

@@ -307,7 +307,7 @@ pub enum KubernetesPort {
 }
 
 /// Sticky sessions.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Sticky {
     /// The affinity cookie's name.
     pub cookie: String,
@@ -317,6 +317,46 @@ pub struct Sticky {
     pub application_cookie: Option<String>,
     /// HMAC secret for endpoint ids; random per process when `None`.
     pub secret: Option<String>,
+    /// Whether an established session may move to another pod.
+    pub mobility: Mobility,
+    /// `shared` mobility: the bounded-load factor (> 1).
+    pub balance_factor: f64,
+    /// Where new sessions are born.
+    pub placement: SessionPlacement,
+}
+
+// Settings come from validated config: `balance_factor` is never NaN.
+impl Eq for Sticky {}
+
+/// Whether an established session may move between pods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mobility {
+    /// Sessions live on their pod (PHP file sessions): never moved while
+    /// the pod serves.
+    #[default]
+    Local,
+    /// Sessions live in a shared store (Redis, database): a session on a pod
+    /// above `balanceFactor` times the average load moves to a lighter one.
+    Shared,
+}
+
+/// Where new sessions are born.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionPlacement {
+    /// Longest a new session waits for a starting pod while every ready pod
+    /// holds its share; zero never waits.
+    pub max_wait: Duration,
+    /// A session idle this long no longer counts on its pod.
+    pub live_for: Duration,
+}
+
+impl Default for SessionPlacement {
+    fn default() -> Self {
+        Self {
+            max_wait: Duration::from_secs(3),
+            live_for: Duration::from_secs(10 * 60),
+        }
+    }
 }
 
 /// Surge queue settings.
@@ -340,6 +380,9 @@ pub struct EndpointSpec {
     pub weight: u32,
     /// Terminating: takes no new sessions, keeps its sticky ones.
     pub draining: bool,
+    /// Listed but not ready yet (a pod starting): takes no traffic, and
+    /// counts as capacity coming for session placement.
+    pub starting: bool,
 }
 
 /// The default endpoint weight.

@@ -241,6 +241,29 @@ pub struct RawSticky {
     /// File holding the secret (e.g. a mounted Kubernetes Secret).
     #[serde(default)]
     pub secret_file: Option<String>,
+    /// `local` (default: sessions live on the pod, never moved) or `shared`
+    /// (the LMS keeps sessions in a shared store, so one may move).
+    #[serde(default)]
+    pub mobility: Option<String>,
+    /// `shared` mobility: a pod above this many times the pool's average
+    /// load gives its sessions away (HAProxy's `hash-balance-factor` / 100).
+    #[serde(default)]
+    pub balance_factor: Option<f64>,
+    /// Where new sessions are born.
+    #[serde(default)]
+    pub session_placement: Option<RawSessionPlacement>,
+}
+
+/// Where new sessions are born.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawSessionPlacement {
+    /// Longest a new session waits for a starting pod (`0s`: never).
+    #[serde(default)]
+    pub max_wait: Option<String>,
+    /// A session idle this long no longer counts on its pod.
+    #[serde(default)]
+    pub live_for: Option<String>,
 }
 
 /// Slow-start settings.

@@ -135,16 +135,19 @@ fn example_file_is_valid_and_means_what_it_says() {
                 address: "127.0.0.1:9001".into(),
                 weight: DEFAULT_WEIGHT,
                 draining: false,
+                starting: false,
             },
             EndpointSpec {
                 address: "127.0.0.1:9002".into(),
                 weight: DEFAULT_WEIGHT,
                 draining: false,
+                starting: false,
             },
             EndpointSpec {
                 address: "127.0.0.1:9003".into(),
                 weight: 200,
                 draining: false,
+                starting: false,
             },
         ]
     );
@@ -1035,6 +1038,68 @@ fn rejects_bad_sticky_settings() {
         &pool("    stickySessions: {ttl: forever}\n"),
         "pools.web.stickySessions.ttl",
         "not a duration",
+    );
+}
+
+#[test]
+fn session_placement_and_mobility() {
+    let c = parse(&pool("    stickySessions: {}\n")).unwrap();
+    let s = c.pools["web"].sticky.clone().unwrap();
+    assert_eq!(s.mobility, super::Mobility::Local);
+    assert_eq!(s.placement, super::SessionPlacement::default());
+    assert_eq!(s.placement.max_wait, Duration::from_secs(3));
+    let c = parse(&pool(
+        "    stickySessions: {mobility: shared, balanceFactor: 1.25, sessionPlacement: {maxWait: 0s, liveFor: 30m}}\n",
+    ))
+    .unwrap();
+    let s = c.pools["web"].sticky.clone().unwrap();
+    assert_eq!(
+        (s.mobility, s.balance_factor, s.placement.max_wait, s.placement.live_for),
+        (
+            super::Mobility::Shared,
+            1.25,
+            Duration::ZERO,
+            Duration::from_secs(1800)
+        )
+    );
+}
+
+#[test]
+fn rejects_bad_session_placement() {
+    rejects(
+        &pool("    stickySessions: {mobility: roaming}\n"),
+        "pools.web.stickySessions.mobility",
+        "use `local`",
+    );
+    rejects(
+        &pool("    stickySessions: {balanceFactor: 1.5}\n"),
+        "pools.web.stickySessions.balanceFactor",
+        "only `mobility: shared`",
+    );
+    rejects(
+        &pool("    stickySessions: {mobility: shared, balanceFactor: 1.0}\n"),
+        "pools.web.stickySessions.balanceFactor",
+        "use 1.05 to 10",
+    );
+    rejects(
+        &pool("    stickySessions: {mobility: shared, balanceFactor: .nan}\n"),
+        "pools.web.stickySessions.balanceFactor",
+        "out of range",
+    );
+    rejects(
+        &pool("    stickySessions: {sessionPlacement: {maxWait: 2h}}\n"),
+        "pools.web.stickySessions.sessionPlacement.maxWait",
+        "out of range",
+    );
+    rejects(
+        &pool("    stickySessions: {sessionPlacement: {liveFor: 1s}}\n"),
+        "pools.web.stickySessions.sessionPlacement.liveFor",
+        "out of range",
+    );
+    rejects(
+        &pool("    stickySessions: {sessionPlacement: {maxWiat: 1s}}\n"),
+        "pools.web.stickySessions.sessionPlacement.maxWiat",
+        "expected one of maxWait, liveFor",
     );
 }
 

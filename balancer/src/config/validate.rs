@@ -591,6 +591,47 @@ fn sticky(raw: RawSticky, at: &str, base: &Path) -> Result<Sticky> {
             "the secret is shorter than 16 characters; use a long random string",
         ));
     }
+    let mobility = match raw.mobility.as_deref() {
+        None | Some("local") => crate::config::Mobility::Local,
+        Some("shared") => crate::config::Mobility::Shared,
+        Some(other) => {
+            return Err(FieldError::new(
+                format!("{at}.mobility"),
+                format!(
+                    "unknown mobility `{other}`; use `local` (sessions kept on the pod) or `shared` (sessions in a shared store such as Redis)"
+                ),
+            ));
+        }
+    };
+    if raw.balance_factor.is_some() && mobility != crate::config::Mobility::Shared {
+        return Err(FieldError::new(
+            format!("{at}.balanceFactor"),
+            "only `mobility: shared` moves sessions; set it, or remove balanceFactor",
+        ));
+    }
+    let balance_factor = number_in(
+        raw.balance_factor.unwrap_or(1.5),
+        &format!("{at}.balanceFactor"),
+        bounds::BALANCE_FACTOR,
+    )?;
+    let defaults = crate::config::SessionPlacement::default();
+    let placement = match raw.session_placement {
+        None => defaults,
+        Some(p) => crate::config::SessionPlacement {
+            max_wait: duration_in(
+                p.max_wait,
+                &format!("{at}.sessionPlacement.maxWait"),
+                defaults.max_wait,
+                bounds::PLACEMENT_WAIT,
+            )?,
+            live_for: duration_in(
+                p.live_for,
+                &format!("{at}.sessionPlacement.liveFor"),
+                defaults.live_for,
+                bounds::SESSION_LIVE_FOR,
+            )?,
+        },
+    };
     Ok(Sticky {
         cookie,
         ttl: duration_in(
@@ -601,6 +642,9 @@ fn sticky(raw: RawSticky, at: &str, base: &Path) -> Result<Sticky> {
         )?,
         application_cookie,
         secret,
+        mobility,
+        balance_factor,
+        placement,
     })
 }
 
@@ -708,6 +752,7 @@ fn endpoint(e: RawEndpoint, at: &str) -> Result<EndpointSpec> {
         address,
         weight,
         draining: false,
+        starting: false,
     })
 }
 
@@ -1066,6 +1111,13 @@ pub(crate) mod bounds {
     pub const DISCOVERY_INTERVAL: (Duration, Duration) = (Duration::from_millis(100), secs(DAY));
     /// `stickySessions.ttl`: browsers cap cookie lifetimes at 400 days.
     pub const STICKY_TTL: (Duration, Duration) = (secs(1), secs(400 * DAY));
+    /// `stickySessions.balanceFactor`: above 1 (1 would move sessions off
+    /// every pod above the average).
+    pub const BALANCE_FACTOR: (f64, f64) = (1.05, 10.0);
+    /// `stickySessions.sessionPlacement.maxWait`.
+    pub const PLACEMENT_WAIT: (Duration, Duration) = (Duration::ZERO, secs(MIN));
+    /// `stickySessions.sessionPlacement.liveFor`.
+    pub const SESSION_LIVE_FOR: (Duration, Duration) = (secs(10), secs(DAY));
     /// `slowStart.window`.
     pub const SLOW_START_WINDOW: (Duration, Duration) = (Duration::from_millis(100), secs(HOUR));
     /// `routes[].cache.ttl`: a micro-cache.

@@ -56,6 +56,7 @@ pub async fn resolve(
             address: a.to_string(),
             weight: DEFAULT_WEIGHT,
             draining: false,
+            starting: false,
         })
         .collect())
 }

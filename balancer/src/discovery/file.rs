@@ -2,7 +2,9 @@
 //! The autoscaler's local mode writes it.
 //!
 //! Accepted forms: a list (`["127.0.0.1:9001", {address: ..., weight: 50, draining: true}]`)
-//! or an object with an `endpoints` list.
+//! or an object with an `endpoints` list. `starting: true` lists a pod that
+//! is not ready yet: it takes no traffic, and new sessions may wait for it
+//! (`stickySessions.sessionPlacement`).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -40,6 +42,8 @@ struct Detailed {
     weight: Option<u32>,
     #[serde(default)]
     draining: bool,
+    #[serde(default)]
+    starting: bool,
 }
 
 /// Parses an endpoints file.
@@ -49,7 +53,7 @@ pub fn parse(text: &str) -> Result<Vec<EndpointSpec>, String> {
     }
     let form: FileForm = serde_saphyr::from_str(text).map_err(|e| {
         format!(
-            "{}; write a list of `host:port` strings or {{address, weight, draining}} objects",
+            "{}; write a list of `host:port` strings or {{address, weight, draining, starting}} objects",
             e.to_string().lines().next().unwrap_or_default()
         )
     })?;
@@ -59,12 +63,20 @@ pub fn parse(text: &str) -> Result<Vec<EndpointSpec>, String> {
     };
     let mut out: Vec<EndpointSpec> = Vec::with_capacity(list.len());
     for (i, item) in list.into_iter().enumerate() {
-        let (address, weight, draining) = match item {
-            FileEndpoint::Address(a) => (a, DEFAULT_WEIGHT, false),
-            FileEndpoint::Detailed(d) => {
-                (d.address, d.weight.unwrap_or(DEFAULT_WEIGHT), d.draining)
-            }
+        let (address, weight, draining, starting) = match item {
+            FileEndpoint::Address(a) => (a, DEFAULT_WEIGHT, false, false),
+            FileEndpoint::Detailed(d) => (
+                d.address,
+                d.weight.unwrap_or(DEFAULT_WEIGHT),
+                d.draining,
+                d.starting,
+            ),
         };
+        if draining && starting {
+            return Err(format!(
+                "endpoint {i} (`{address}`): it cannot be both `draining` and `starting`; keep one"
+            ));
+        }
         crate::config::check_host_port(&address).map_err(|e| format!("endpoint {i}: {e}"))?;
         if !(1..=1000).contains(&weight) {
             return Err(format!(
@@ -78,6 +90,7 @@ pub fn parse(text: &str) -> Result<Vec<EndpointSpec>, String> {
             address,
             weight,
             draining,
+            starting,
         });
     }
     Ok(out)
@@ -144,9 +157,12 @@ mod tests {
             EndpointSpec {
                 address: "127.0.0.1:9002".into(),
                 weight: 50,
-                draining: true
+                draining: true,
+                starting: false,
             }
         );
+        let starting = parse(r#"[{"address": "10.0.0.3:80", "starting": true}]"#).unwrap();
+        assert!(starting[0].starting && !starting[0].draining);
         let json = parse(r#"{"endpoints": ["10.0.0.1:80", {"address": "10.0.0.2:80"}]}"#).unwrap();
         assert_eq!(json.len(), 2);
         assert_eq!(json[1].weight, DEFAULT_WEIGHT);
@@ -156,6 +172,11 @@ mod tests {
 
     #[test]
     fn rejections() {
+        assert!(
+            parse("- {address: 'a:1', draining: true, starting: true}")
+                .unwrap_err()
+                .contains("both `draining` and `starting`")
+        );
         assert!(parse("- nonsense").unwrap_err().contains("endpoint 0"));
         assert!(
             parse("- {address: 'a:1', weight: 0}")

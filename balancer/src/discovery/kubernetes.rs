@@ -1,7 +1,9 @@
 //! `endpoints.kubernetes`: discovery.k8s.io/v1 EndpointSlices of a Service,
 //! followed with kube's watcher. Ready endpoints take traffic; endpoints that
 //! are `serving` and `terminating` drain (sticky sessions keep reaching them
-//! until the pool's drain timeout; new sessions go elsewhere).
+//! until the pool's drain timeout; new sessions go elsewhere); endpoints
+//! that are neither ready nor terminating are starting pods (no traffic; new
+//! sessions may wait for them, see `stickySessions.sessionPlacement`).
 
 use std::collections::BTreeMap;
 
@@ -14,12 +16,14 @@ use super::{SourceKind, Update, UpdateSender};
 use crate::config::{DEFAULT_WEIGHT, EndpointSpec, KubernetesPort, KubernetesSource};
 
 /// The endpoints of a set of slices: ready ones active, serving-and-terminating
-/// ones draining, the rest left out. Sorted by address.
+/// ones draining, not-ready and not-terminating ones starting, the rest left
+/// out. Sorted by address.
 pub fn endpoints_of<'a>(
     slices: impl IntoIterator<Item = &'a EndpointSlice>,
     port: &KubernetesPort,
 ) -> Vec<EndpointSpec> {
-    let mut out: BTreeMap<String, bool> = BTreeMap::new();
+    // Address → (draining, starting); "ready" in any slice wins.
+    let mut out: BTreeMap<String, (bool, bool)> = BTreeMap::new();
     for slice in slices {
         let number = match port {
             KubernetesPort::Number(n) => Some(i32::from(*n)),
@@ -37,10 +41,11 @@ pub fn endpoints_of<'a>(
             let ready = c.and_then(|c| c.ready).unwrap_or(true);
             let serving = c.and_then(|c| c.serving).unwrap_or(ready);
             let terminating = c.and_then(|c| c.terminating).unwrap_or(false);
-            let draining = match (ready && !terminating, serving && terminating) {
-                (true, _) => false,
-                (false, true) => true,
-                (false, false) => continue,
+            let state = match (ready && !terminating, serving && terminating, terminating) {
+                (true, _, _) => (false, false),
+                (false, true, _) => (true, false),
+                (false, false, false) => (false, true),
+                (false, false, true) => continue,
             };
             for ip in &e.addresses {
                 let address = if ip.contains(':') {
@@ -48,16 +53,18 @@ pub fn endpoints_of<'a>(
                 } else {
                     format!("{ip}:{number}")
                 };
-                let entry = out.entry(address).or_insert(draining);
-                *entry &= draining;
+                let entry = out.entry(address).or_insert(state);
+                entry.0 &= state.0;
+                entry.1 &= state.1;
             }
         }
     }
     out.into_iter()
-        .map(|(address, draining)| EndpointSpec {
+        .map(|(address, (draining, starting))| EndpointSpec {
             address,
             weight: DEFAULT_WEIGHT,
             draining,
+            starting,
         })
         .collect()
 }
@@ -99,8 +106,9 @@ pub async fn run(pool: String, settings: KubernetesSource, client: Client, updat
             tracing::info!(
                 %pool,
                 service = %settings.service,
-                ready = endpoints.iter().filter(|e| !e.draining).count(),
+                ready = endpoints.iter().filter(|e| !e.draining && !e.starting).count(),
                 draining = endpoints.iter().filter(|e| e.draining).count(),
+                starting = endpoints.iter().filter(|e| e.starting).count(),
                 "EndpointSlices changed"
             );
             last = Some(endpoints.clone());
@@ -154,7 +162,7 @@ mod tests {
     }
 
     #[test]
-    fn conditions_map_to_active_draining_or_absent() {
+    fn conditions_map_to_active_draining_starting_or_absent() {
         let s = slice(vec![
             ep("10.0.0.1", Some(true), Some(true), Some(false)),
             ep("10.0.0.2", Some(false), Some(true), Some(true)),
@@ -163,16 +171,17 @@ mod tests {
             ep("10.0.0.5", None, None, None),
         ]);
         let got = endpoints_of([&s], &KubernetesPort::Name("http".into()));
-        let summary: Vec<(&str, bool)> = got
+        let summary: Vec<(&str, bool, bool)> = got
             .iter()
-            .map(|e| (e.address.as_str(), e.draining))
+            .map(|e| (e.address.as_str(), e.draining, e.starting))
             .collect();
         assert_eq!(
             summary,
             [
-                ("10.0.0.1:8080", false),
-                ("10.0.0.2:8080", true),
-                ("10.0.0.5:8080", false)
+                ("10.0.0.1:8080", false, false),
+                ("10.0.0.2:8080", true, false),
+                ("10.0.0.4:8080", false, true),
+                ("10.0.0.5:8080", false, false)
             ]
         );
     }
@@ -202,5 +211,8 @@ mod tests {
         let got = endpoints_of([&a, &b], &KubernetesPort::Name("http".into()));
         assert_eq!(got.len(), 1);
         assert!(!got[0].draining);
+        let starting = slice(vec![ep("10.0.0.1", Some(false), Some(false), Some(false))]);
+        let got = endpoints_of([&starting, &b], &KubernetesPort::Name("http".into()));
+        assert!(!got[0].starting, "ready in one slice: not starting");
     }
 }

@@ -78,8 +78,8 @@ impl Discovered {
     }
 
     /// The union of every source's list for `pool`: an address reported
-    /// twice keeps the first source's weight, and is draining only if every
-    /// source says so.
+    /// twice keeps the first source's weight, and is draining (or starting)
+    /// only if every source says so.
     pub fn endpoints(&self, pool: &str) -> Vec<EndpointSpec> {
         let lists = self.lists.lock().unwrap_or_else(|p| p.into_inner());
         let mut keys: Vec<_> = lists.keys().filter(|(p, _)| p == pool).collect();
@@ -88,7 +88,10 @@ impl Discovered {
         for key in keys {
             for e in &lists[key] {
                 match out.iter_mut().find(|o| o.address == e.address) {
-                    Some(existing) => existing.draining &= e.draining,
+                    Some(existing) => {
+                        existing.draining &= e.draining;
+                        existing.starting &= e.starting;
+                    }
                     None => out.push(e.clone()),
                 }
             }
@@ -106,6 +109,7 @@ mod tests {
             address: address.to_string(),
             weight,
             draining,
+            starting: false,
         }
     }
 
@@ -134,5 +138,28 @@ mod tests {
         assert!(d.endpoints("q").is_empty());
         d.retain(|_, kind| kind != SourceKind::Dns);
         assert_eq!(d.endpoints("p"), vec![e("a:1", 100, false)]);
+    }
+
+    #[test]
+    fn starting_only_when_every_source_says_so() {
+        let d = Discovered::default();
+        let starting = |address: &str| EndpointSpec {
+            starting: true,
+            ..e(address, 100, false)
+        };
+        d.apply(Update {
+            pool: "p".into(),
+            source: SourceKind::File,
+            endpoints: vec![starting("a:1"), starting("b:1")],
+        });
+        d.apply(Update {
+            pool: "p".into(),
+            source: SourceKind::Static,
+            endpoints: vec![e("a:1", 100, false)],
+        });
+        assert_eq!(
+            d.endpoints("p"),
+            vec![e("a:1", 100, false), starting("b:1")]
+        );
     }
 }

@@ -10,7 +10,12 @@ use super::body::local;
 use super::upstream::ProxyBody;
 use crate::endpoint::{EndpointState, InFlight};
 use crate::queue::{Class, Displaced};
-use crate::snapshot::{PoolRuntime, Rejection};
+use crate::snapshot::{PoolLive, PoolRuntime, Rejection, SessionHome};
+
+/// How often a new session waiting for starting pods looks again, besides
+/// being woken when the endpoints change (a pod's first passing health
+/// check does not rebuild the snapshot).
+const PLACEMENT_POLL: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// A 503 that tells clients to come back soon.
 pub fn unavailable(message: &str) -> Response<ProxyBody> {
@@ -60,6 +65,81 @@ impl Drop for WaitMetrics {
     fn drop(&mut self) {
         self.depth.dec();
         self.wait.observe(self.started.elapsed().as_secs_f64());
+    }
+}
+
+/// A new session waiting for starting pods: counted in the pool's
+/// `births_waiting` and its wait observed when it ends.
+struct HeldBirth<'a> {
+    live: &'a PoolLive,
+    started: Instant,
+}
+
+impl<'a> HeldBirth<'a> {
+    fn start(live: &'a PoolLive) -> Self {
+        live.births_waiting
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        live.metrics.births_held.inc();
+        Self {
+            live,
+            started: Instant::now(),
+        }
+    }
+}
+
+impl Drop for HeldBirth<'_> {
+    fn drop(&mut self) {
+        self.live
+            .births_waiting
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.live
+            .metrics
+            .birth_hold
+            .observe(self.started.elapsed().as_secs_f64());
+    }
+}
+
+/// The endpoint a request that will create a sticky session is born on
+/// (see [`crate::balance::placement`]), or `None` to place it as any request
+/// (every endpoint at its limit). While pods are starting and every ready
+/// pod holds its share of sessions, it waits for them, at most
+/// `stickySessions.sessionPlacement.maxWait`. After a wait the pool's
+/// current snapshot is returned too, as the endpoints have changed.
+pub async fn place_session(
+    pool: &PoolRuntime,
+) -> (Option<Arc<EndpointState>>, Option<Arc<PoolRuntime>>) {
+    let Some(st) = &pool.sticky else {
+        return (None, None);
+    };
+    let max_wait = st.settings.placement.max_wait;
+    let started = Instant::now();
+    let mut current: Option<Arc<PoolRuntime>> = None;
+    let mut held: Option<HeldBirth<'_>> = None;
+    loop {
+        let rt = current.as_deref().unwrap_or(pool);
+        let now = Instant::now();
+        let waited = now.saturating_duration_since(started);
+        let others = pool
+            .live
+            .births_waiting
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .saturating_sub(u64::from(held.is_some()));
+        match rt.place_session(now, waited < max_wait, others, fastrand::u64(..)) {
+            SessionHome::At(home) => return (Some(home), current),
+            SessionHome::Anywhere => return (None, current),
+            SessionHome::Hold => {
+                if held.is_none() {
+                    held = Some(HeldBirth::start(&pool.live));
+                }
+                let changed = pool.live.capacity.notified();
+                let pause = max_wait.saturating_sub(waited).min(PLACEMENT_POLL);
+                tokio::select! {
+                    () = changed => {}
+                    () = tokio::time::sleep(pause) => {}
+                }
+                current = pool.live.current.load_full();
+            }
+        }
     }
 }
 

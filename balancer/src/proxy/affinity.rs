@@ -20,10 +20,15 @@ const MAX_APP_COOKIE: usize = 128;
 pub struct Affinity {
     /// The endpoint the session is pinned to, if it may serve.
     pub pinned: Option<Arc<EndpointState>>,
-    /// The id the client's own affinity cookie named, if any.
+    /// The endpoint id the client's own affinity cookie named, if any.
     presented: Option<String>,
+    /// The session tag of the client's own cookie (`id.tag`), if any: the
+    /// session's key in `insert` mode.
+    tag: Option<String>,
     /// The application cookie's value, in `applicationCookie` mode.
     app_value: Option<String>,
+    /// The session left an overloaded pod (`mobility: shared`).
+    pub moved: bool,
 }
 
 impl Affinity {
@@ -35,6 +40,25 @@ impl Affinity {
         } else {
             crate::queue::Class::New
         }
+    }
+
+    /// Whether the request will create a session: the pool is sticky and
+    /// the request carries none it honours.
+    pub fn is_birth(&self, pool: &PoolRuntime) -> bool {
+        pool.sticky.is_some() && self.class() == crate::queue::Class::New
+    }
+
+    /// Pins a new session to the home placement chose for it.
+    pub fn born_at(&mut self, home: Arc<EndpointState>) {
+        self.pinned = Some(home);
+    }
+}
+
+/// Splits our cookie's value into the endpoint id and the session tag.
+fn split_cookie(value: &str) -> (&str, Option<&str>) {
+    match value.split_once('.') {
+        Some((id, tag)) if !tag.is_empty() => (id, Some(tag)),
+        _ => (value.trim_end_matches('.'), None),
     }
 }
 
@@ -51,18 +75,26 @@ pub fn resolve(pool: &PoolRuntime, headers: &HeaderMap, now: Instant) -> Affinit
     let Some(st) = &pool.sticky else {
         return Affinity::default();
     };
-    let presented = find_cookie(headers, &st.settings.cookie).map(str::to_string);
+    let cookie = find_cookie(headers, &st.settings.cookie).map(split_cookie);
+    let presented = cookie.map(|(id, _)| id.to_string());
+    let tag = cookie.and_then(|(_, tag)| tag).map(str::to_string);
     let signed = presented
         .as_deref()
         .and_then(|id| st.endpoint(id, now))
         .filter(|s| s.takes_sticky(now))
         .cloned();
     let Some(app) = &st.settings.application_cookie else {
-        return Affinity {
-            pinned: signed,
-            presented,
-            app_value: None,
-        };
+        return relieve(
+            pool,
+            Affinity {
+                pinned: signed,
+                presented,
+                tag,
+                app_value: None,
+                moved: false,
+            },
+            now,
+        );
     };
     let Some(value) = find_cookie(headers, app)
         .filter(|v| v.len() <= MAX_APP_COOKIE)
@@ -73,7 +105,9 @@ pub fn resolve(pool: &PoolRuntime, headers: &HeaderMap, now: Instant) -> Affinit
         return Affinity {
             pinned: None,
             presented,
+            tag,
             app_value: None,
+            moved: false,
         };
     };
     let pinned = signed.or_else(|| {
@@ -100,30 +134,65 @@ pub fn resolve(pool: &PoolRuntime, headers: &HeaderMap, now: Instant) -> Affinit
             Some(available[chosen].clone())
         })
     });
-    Affinity {
-        pinned,
-        presented,
-        app_value: Some(value),
+    relieve(
+        pool,
+        Affinity {
+            pinned,
+            presented,
+            tag,
+            app_value: Some(value),
+            moved: false,
+        },
+        now,
+    )
+}
+
+/// With `mobility: shared`, moves a session off a pod above the bounded
+/// load to the best home among the others (nothing is lost: the LMS keeps
+/// the session in a shared store). With `local` mobility sessions stay.
+fn relieve(pool: &PoolRuntime, mut affinity: Affinity, now: Instant) -> Affinity {
+    let Some(st) = &pool.sticky else {
+        return affinity;
+    };
+    if st.settings.mobility != crate::config::Mobility::Shared {
+        return affinity;
     }
+    let Some(pinned) = &affinity.pinned else {
+        return affinity;
+    };
+    if !pool.overloaded(pinned, st.settings.balance_factor, now) {
+        return affinity;
+    }
+    let from = pinned.clone();
+    if let crate::snapshot::SessionHome::At(to) =
+        pool.place_session_excluding(now, &from, fastrand::u64(..))
+    {
+        affinity.pinned = Some(to);
+        affinity.moved = true;
+        pool.live.metrics.sessions_moved.inc();
+    }
+    affinity
 }
 
 /// Updates the response after `served` answered: sets our signed cookie
 /// naming `served` when the client's is missing or names another endpoint
 /// (in `applicationCookie` mode, only while there is an application
 /// session: the request carried the application cookie or the response sets
-/// it), and learns the application cookie.
+/// it), learns the application cookie, and counts the session on `served`.
 pub fn finish(
     pool: &PoolRuntime,
     affinity: &Affinity,
-    served: &EndpointState,
+    served: &Arc<EndpointState>,
     secure: bool,
     resp: &mut HeaderMap,
 ) {
     let Some(st) = &pool.sticky else { return };
     let mut session = true;
+    let sessions = &pool.live.sessions;
     if let Some(app) = &st.settings.application_cookie {
         let prefix = format!("{app}=");
         let mut set_now = false;
+        let mut ended = false;
         for v in resp
             .get_all(header::SET_COOKIE)
             .iter()
@@ -140,7 +209,12 @@ pub fn finish(
                     pool.live
                         .learned
                         .insert(value.to_string(), served.address().to_string());
+                    sessions.touch(value, served);
                     set_now = true;
+                } else if let Some(old) = &affinity.app_value {
+                    // Logged out: the session no longer counts on its pod.
+                    sessions.end(old);
+                    ended = true;
                 }
             }
         }
@@ -148,6 +222,9 @@ pub fn finish(
             pool.live
                 .learned
                 .insert(value.clone(), served.address().to_string());
+            if !ended {
+                sessions.touch(value, served);
+            }
         }
         session = set_now || affinity.app_value.is_some();
     }
@@ -155,10 +232,30 @@ pub fn finish(
         return;
     }
     let id = st.secret.endpoint_id(&pool.settings.name, served.address());
-    if affinity.presented.as_deref() != Some(id.as_str()) {
+    // In insert mode the session is ours: a tag in the cookie names it.
+    let tag = match (&st.settings.application_cookie, &affinity.tag) {
+        (Some(_), _) => None,
+        (None, Some(tag)) => Some(tag.clone()),
+        (None, None) => Some(format!("{:016x}", fastrand::u64(..))),
+    };
+    if let Some(tag) = &tag {
+        sessions.touch(tag, served);
+    }
+    let same_tag = st.settings.application_cookie.is_some() || affinity.tag.is_some();
+    if affinity.presented.as_deref() != Some(id.as_str()) || !same_tag {
+        let value = match &tag {
+            Some(tag) => format!("{id}.{tag}"),
+            None => id,
+        };
         resp.append(
             header::SET_COOKIE,
-            sticky::set_cookie(&st.settings.cookie, &id, st.settings.ttl.as_secs(), secure),
+            sticky::set_cookie(
+                &st.settings.cookie,
+                &value,
+                st.settings.ttl.as_secs(),
+                secure,
+            ),
         );
     }
+    sessions.sweep(Instant::now(), false);
 }

@@ -304,7 +304,7 @@ async fn forward(
     }
     let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let body_empty = req.body().is_end_stream();
-    let affinity = affinity::resolve(pool, req.headers(), Instant::now());
+    let mut affinity = affinity::resolve(pool, req.headers(), Instant::now());
 
     let (mut parts, body) = req.into_parts();
     let upgrade_value = parts.headers.get(header::UPGRADE).cloned();
@@ -320,10 +320,28 @@ async fn forward(
     headers::strip_hop_by_hop(&mut parts.headers);
     headers::add_forwarded(&mut parts.headers, conn.peer.ip(), conn.proto, host);
 
+    // A request that will create a session is born where the capacity is
+    // (or will be: it may wait for starting pods).
+    let class = affinity.class();
+    let placed_in;
+    let mut pool = pool;
+    let mut _birth = None;
+    if affinity.is_birth(pool) {
+        let (home, current) = admission::place_session(pool).await;
+        if let Some(current) = current {
+            placed_in = current;
+            pool = &placed_in;
+        }
+        if let Some(home) = home {
+            _birth = Some(home.start_birth());
+            affinity.born_at(home);
+        }
+    }
+
     // The first endpoint: the pinned one, else one picked by
     // least-connections; either within the in-flight limit, through the
     // surge queue.
-    let first = match admission::admit(pool, affinity.pinned.as_ref(), affinity.class()).await {
+    let first = match admission::admit(pool, affinity.pinned.as_ref(), class).await {
         Ok(guard) => guard,
         Err(resp) => return resp,
     };

@@ -1,0 +1,252 @@
+//! Where a new sticky session is born, and when an established one may move.
+//!
+//! A pod's live sessions predict its load for as long as they last, so a
+//! request that will create a session is placed by sessions and in-flight
+//! requests together, by configured weight: slow start shapes request load,
+//! not where sessions are born, and a warming pod is the best home for one.
+//!
+//! While pods are starting, a ready pod takes a new session only below its
+//! share of the sessions over ready and starting pods; when none is, the
+//! session waits for the capacity that is coming (Knative's activator holds
+//! every request this way; here only session births wait, bounded by
+//! `sessionPlacement.maxWait`).
+//!
+//! With sessions kept in a shared store, a session may leave a pod whose
+//! load exceeds `balanceFactor` times the pool's average: the bounded-load
+//! rule of HAProxy's and Envoy's `hash-balance-factor`.
+
+use super::{Candidate, LeastConnections, Picker};
+
+/// A ready endpoint as session placement sees it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Home {
+    /// Configured weight (slow start left out); > 0.
+    pub weight: f64,
+    /// Live sessions plus new sessions on their way to it.
+    pub sessions: u64,
+    /// Requests in flight to it.
+    pub in_flight: u64,
+    /// Below its in-flight limit: it may take the request now. A full home
+    /// still counts towards every home's share.
+    pub open: bool,
+}
+
+/// What placement decided for a new session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// Born on this home.
+    At(usize),
+    /// Every ready pod holds its share and pods are starting: wait for them.
+    Hold,
+}
+
+/// Places a new session among `homes`, with `starting` pods on their way
+/// and `waiting` other new sessions already waiting for them. `may_hold` is
+/// false once the session has waited its longest. `None` when there is no
+/// home and nothing to wait for.
+pub fn place(
+    homes: &[Home],
+    starting: usize,
+    waiting: u64,
+    may_hold: bool,
+    entropy: u64,
+) -> Option<Placement> {
+    let holding = may_hold && starting > 0;
+    let eligible: Vec<usize> = if holding {
+        // Sessions there will be: live, on their way, and waiting.
+        let sessions: u64 = homes.iter().map(|h| h.sessions).sum::<u64>() + waiting;
+        let total_weight: f64 = homes.iter().map(|h| h.weight).sum();
+        // A starting pod counts with the ready pods' mean weight.
+        let mean = if homes.is_empty() {
+            1.0
+        } else {
+            total_weight / homes.len() as f64
+        };
+        let all_weight = total_weight + starting as f64 * mean;
+        homes
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| h.open)
+            .filter(|(_, h)| {
+                // Its share of every session once this one is born.
+                let share = (sessions + 1) as f64 * h.weight / all_weight;
+                (h.sessions + 1) as f64 <= share.ceil()
+            })
+            .map(|(i, _)| i)
+            .collect()
+    } else {
+        (0..homes.len()).filter(|&i| homes[i].open).collect()
+    };
+    if eligible.is_empty() {
+        return holding.then_some(Placement::Hold);
+    }
+    let candidates: Vec<Candidate> = eligible
+        .iter()
+        .map(|&i| Candidate {
+            weight: homes[i].weight,
+            in_flight: homes[i].sessions + homes[i].in_flight,
+        })
+        .collect();
+    LeastConnections
+        .pick(&candidates, entropy)
+        .map(|c| Placement::At(eligible[c]))
+}
+
+/// Whether a session pinned to an endpoint with `in_flight` requests should
+/// move, in a pool whose `available` endpoints have `total_in_flight`: its
+/// load, counting this request, would exceed `factor` times the average
+/// (rounded up, as HAProxy does), so some other endpoint is below it.
+pub fn overloaded(in_flight: u64, total_in_flight: u64, available: usize, factor: f64) -> bool {
+    if available < 2 {
+        return false;
+    }
+    let limit = (factor * (total_in_flight + 1) as f64 / available as f64).ceil();
+    (in_flight + 1) as f64 > limit
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(sessions: u64, in_flight: u64) -> Home {
+        Home {
+            weight: 1.0,
+            sessions,
+            in_flight,
+            open: true,
+        }
+    }
+
+    fn spread(e: u64) -> u64 {
+        e.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    }
+
+    #[test]
+    fn nothing_to_place_on_and_nothing_coming() {
+        assert_eq!(place(&[], 0, 0, true, 1), None);
+        assert_eq!(place(&[], 3, 0, false, 1), None);
+        assert_eq!(place(&[], 3, 0, true, 1), Some(Placement::Hold));
+    }
+
+    #[test]
+    fn fewest_sessions_wins_when_nothing_is_starting() {
+        // In-flight alone would pick 0; its 9 sessions say it will be busy.
+        let homes = [h(9, 0), h(2, 1), h(5, 0)];
+        for e in 0..20 {
+            assert_eq!(place(&homes, 0, 0, true, spread(e)), Some(Placement::At(1)));
+        }
+    }
+
+    #[test]
+    fn sessions_and_load_together() {
+        // 3 + 4 = 7 against 4 + 0 = 4.
+        let homes = [h(3, 4), h(4, 0)];
+        assert_eq!(place(&homes, 0, 0, true, 7), Some(Placement::At(1)));
+    }
+
+    #[test]
+    fn weights_scale_the_home() {
+        // 6 / 3 = 2 beats 3 / 1.
+        let homes = [
+            Home {
+                weight: 1.0,
+                ..h(3, 0)
+            },
+            Home {
+                weight: 3.0,
+                ..h(6, 0)
+            },
+        ];
+        assert_eq!(place(&homes, 0, 0, true, 7), Some(Placement::At(1)));
+    }
+
+    #[test]
+    fn births_wait_for_starting_pods_once_ready_ones_hold_their_share() {
+        // With 10 others already waiting, the share is (8 + 10 + 1) / 8,
+        // rounded up 3: still below the ready pods' 4.
+        assert_eq!(place(&[h(4, 0), h(4, 0)], 6, 10, true, 7), Some(Placement::Hold));
+        // With 40 waiting it is 7: a ready pod takes this one.
+        assert!(matches!(
+            place(&[h(4, 0), h(4, 0)], 6, 40, true, 7),
+            Some(Placement::At(_))
+        ));
+        // 2 ready pods with 4 sessions each, 6 starting: the share of 9
+        // sessions over 8 pods is 2 each, so the 9th waits.
+        let homes = [h(4, 1), h(4, 0)];
+        assert_eq!(place(&homes, 6, 0, true, 7), Some(Placement::Hold));
+        // Past its longest wait it is born on a ready pod after all.
+        assert!(matches!(place(&homes, 6, 0, false, 7), Some(Placement::At(_))));
+        // Nothing starting: no reason to wait.
+        assert!(matches!(place(&homes, 0, 0, true, 7), Some(Placement::At(_))));
+    }
+
+    #[test]
+    fn a_ready_pod_below_its_share_still_takes_births() {
+        // 9 sessions (+1) over 4 pods: share 2.5, rounded up 3.
+        let homes = [h(7, 0), h(2, 0)];
+        assert_eq!(place(&homes, 2, 0, true, 7), Some(Placement::At(1)));
+        let homes = [h(7, 0), h(3, 0)];
+        assert_eq!(place(&homes, 2, 0, true, 7), Some(Placement::Hold));
+    }
+
+    #[test]
+    fn a_surge_fills_every_pod_to_its_share() {
+        // 2 ready pods with 4 sessions, 6 starting, 42 births arrive: the
+        // ready pods take births up to their share, the rest wait; once the
+        // starting pods are ready, births fill them first.
+        let mut ready = vec![h(4, 0), h(4, 0)];
+        let mut starting = 6;
+        let mut held = 0;
+        for e in 0..42u64 {
+            match place(&ready, starting, held, true, spread(e)).unwrap() {
+                Placement::At(i) => ready[i].sessions += 1,
+                Placement::Hold => held += 1,
+            }
+        }
+        // Counting the waiting births, the ready pods take their share of
+        // 50 over 8 pods (7, rounded up) rather than stay at 4.
+        let ready_sessions: Vec<u64> = ready.iter().map(|h| h.sessions).collect();
+        assert!(
+            ready_sessions.iter().all(|&n| (6..=7).contains(&n)),
+            "{ready_sessions:?}"
+        );
+        assert_eq!(ready.iter().map(|h| h.sessions).sum::<u64>() + held, 50);
+        // The starting pods turn ready; the held births are placed.
+        ready.extend(std::iter::repeat_n(h(0, 0), 6));
+        starting = 0;
+        for e in 0..held {
+            match place(&ready, starting, held - e - 1, true, spread(e)).unwrap() {
+                Placement::At(i) => ready[i].sessions += 1,
+                Placement::Hold => unreachable!("nothing is starting"),
+            }
+        }
+        let counts: Vec<u64> = ready.iter().map(|h| h.sessions).collect();
+        let (min, max) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
+        assert!(max - min <= 1, "50 sessions over 8 pods: {counts:?}");
+    }
+
+    #[test]
+    fn a_full_home_counts_but_takes_nothing() {
+        let full = Home {
+            open: false,
+            ..h(0, 2)
+        };
+        assert_eq!(place(&[full, h(5, 0)], 0, 0, true, 7), Some(Placement::At(1)));
+        assert_eq!(place(&[full], 0, 0, true, 7), None);
+        assert_eq!(place(&[full], 2, 0, true, 7), Some(Placement::Hold));
+    }
+
+    #[test]
+    fn bounded_load() {
+        // One endpoint alone never moves its sessions.
+        assert!(!overloaded(10, 10, 1, 1.25));
+        // Quiet pool: never.
+        assert!(!overloaded(0, 0, 4, 1.25));
+        // 3 of 3 on one of 2: limit ceil(1.5 * 4 / 2) = 3; 4 > 3.
+        assert!(overloaded(3, 3, 2, 1.5));
+        // 2 of 3: 3 is not above 3.
+        assert!(!overloaded(2, 3, 2, 1.5));
+        // A larger factor tolerates more.
+        assert!(!overloaded(3, 3, 2, 2.0));
+    }
+}

@@ -70,7 +70,7 @@ pub struct LocalTarget {
     want: u32,
     next_index: u64,
     http: Client<HttpConnector, Empty<Bytes>>,
-    written: Option<Vec<String>>,
+    written: Option<Vec<serde_json::Value>>,
 }
 
 /// Picks a free loopback port.
@@ -243,21 +243,32 @@ impl LocalTarget {
         )
     }
 
-    /// Writes the ready, non-draining copies to the endpoints file through a
-    /// temporary file and a rename, so the balancer never reads half a file.
+    /// Writes the ready copies, and the starting ones marked `starting`, to
+    /// the endpoints file through a temporary file and a rename, so the
+    /// balancer never reads half a file. Starting copies take no traffic;
+    /// the balancer may hold new sticky sessions for them
+    /// (`stickySessions.sessionPlacement`).
     async fn write_endpoints(&mut self) -> std::io::Result<()> {
-        let list: Vec<String> = self
+        let list: Vec<serde_json::Value> = self
             .copies
             .iter()
-            .filter(|c| c.state == State::Ready)
-            .map(|c| format!("{}:{}", self.settings.host, c.port))
+            .filter_map(|c| {
+                let address = format!("{}:{}", self.settings.host, c.port);
+                match c.state {
+                    State::Ready => Some(serde_json::Value::String(address)),
+                    State::Starting => {
+                        Some(serde_json::json!({"address": address, "starting": true}))
+                    }
+                    State::Draining { .. } => None,
+                }
+            })
             .collect();
         if self.written.as_ref() == Some(&list) {
             return Ok(());
         }
         write_atomically(
             &self.settings.endpoints_file,
-            &serde_json::to_string_pretty(&list).expect("strings serialize"),
+            &serde_json::to_string_pretty(&list).expect("values serialize"),
         )?;
         self.written = Some(list);
         Ok(())

@@ -103,6 +103,8 @@ pub struct EndpointState {
     queue_hook: ArcSwapOption<crate::snapshot::PoolLive>,
     /// Whether it has ever been healthy (a pod that never was is starting).
     ever_healthy: AtomicBool,
+    /// When it first turned healthy ([`clock`] nanos), 0 when never.
+    ready_at: AtomicU64,
     /// Live sticky sessions pinned to it (see [`crate::sessions`]).
     sessions: AtomicU64,
     /// New sessions sent to it whose response has not come back yet.
@@ -160,6 +162,11 @@ impl EndpointState {
             slow_start_since: AtomicU64::new(0),
             queue_hook: ArcSwapOption::empty(),
             ever_healthy: AtomicBool::new(counter.is_healthy()),
+            ready_at: AtomicU64::new(if counter.is_healthy() {
+                clock(Instant::now())
+            } else {
+                0
+            }),
             sessions: AtomicU64::new(0),
             births: AtomicU64::new(0),
             health: Mutex::new(Health {
@@ -228,6 +235,11 @@ impl EndpointState {
     /// not draining (capacity that is coming).
     pub fn is_starting(&self) -> bool {
         !self.ever_healthy.load(Ordering::Relaxed) && !self.is_draining()
+    }
+
+    /// Whether it first turned healthy after `since`.
+    pub fn ready_after(&self, since: Instant) -> bool {
+        self.ready_at.load(Ordering::Relaxed) > clock(since)
     }
 
     /// Live sticky sessions pinned to it.
@@ -457,8 +469,8 @@ impl EndpointState {
         }
         self.healthy
             .store(h.counter.is_healthy(), Ordering::Relaxed);
-        if h.counter.is_healthy() {
-            self.ever_healthy.store(true, Ordering::Relaxed);
+        if h.counter.is_healthy() && !self.ever_healthy.swap(true, Ordering::Relaxed) {
+            self.ready_at.store(clock(now), Ordering::Relaxed);
         }
         h.last_check = Some(result);
         drop(h);

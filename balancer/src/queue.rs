@@ -14,6 +14,8 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use std::time::Instant;
+
 use tokio::sync::oneshot;
 
 use crate::endpoint::{EndpointState, InFlight};
@@ -39,6 +41,21 @@ struct Waiter {
     tx: oneshot::Sender<Handoff>,
     /// The endpoint a sticky session pins it to.
     target: Option<Arc<EndpointState>>,
+    /// When it joined the queue.
+    since: Instant,
+}
+
+/// A waiter as [`SurgeQueue::dispatch`] offers it to the caller.
+#[derive(Debug, Clone, Copy)]
+pub struct Want<'a> {
+    /// The endpoint its sticky session pins it to (anywhere when `None`).
+    pub target: Option<&'a Arc<EndpointState>>,
+    /// Its class.
+    pub class: Class,
+    /// When it joined the queue.
+    pub since: Instant,
+    /// Other new-session waiters bound for no endpoint in particular.
+    pub other_births: u64,
 }
 
 /// A pool's queue of waiting requests.
@@ -58,6 +75,15 @@ pub struct Waiting {
 }
 
 impl SurgeQueue {
+    /// New-session waiters bound for no endpoint in particular (births
+    /// waiting for a home).
+    pub fn births(&self) -> u64 {
+        self.lock()[Class::New as usize]
+            .iter()
+            .filter(|w| w.target.is_none() && !w.tx.is_closed())
+            .count() as u64
+    }
+
     /// Requests waiting now.
     pub fn depth(&self) -> usize {
         self.depth.load(Ordering::Relaxed)
@@ -106,44 +132,67 @@ impl SurgeQueue {
             self.depth.fetch_add(1, Ordering::Relaxed);
         }
         let (tx, rx) = oneshot::channel();
-        waiters[class as usize].push_back(Waiter { tx, target });
+        waiters[class as usize].push_back(Waiter {
+            tx,
+            target,
+            since: Instant::now(),
+        });
         Some(Waiting { slot: rx })
     }
 
     /// Hands slots to waiters, established ones first, each class oldest
-    /// first. `reserve(target)` reserves a slot on `target` (anywhere when
-    /// `None`); a waiter whose slot is not free now keeps its place, and those
-    /// behind it may still be served by other endpoints.
-    pub fn dispatch(
-        &self,
-        mut reserve: impl FnMut(Option<&Arc<EndpointState>>) -> Option<InFlight>,
-    ) {
+    /// first. `reserve(want)` reserves a slot for the waiter: on its target,
+    /// or where the caller places it (anywhere, or where a new session
+    /// should be born); `None` leaves it waiting. A waiter whose slot is not
+    /// free now keeps its place, and those behind it may still be served by
+    /// other endpoints.
+    pub fn dispatch(&self, mut reserve: impl FnMut(&Want<'_>) -> Option<InFlight>) {
         let mut unused = Vec::new();
         {
             let mut waiters = self.lock();
             self.purge(&mut waiters);
-            let mut anywhere_full = false;
+            // Unpinned waiters of each class that found no slot: the ones
+            // behind them will not either.
+            let mut anywhere_full = [false; 2];
             let mut full_targets: Vec<*const EndpointState> = Vec::new();
+            let mut births = waiters[Class::New as usize]
+                .iter()
+                .filter(|w| w.target.is_none())
+                .count() as u64;
             for class in 0..2 {
                 let mut i = 0;
                 while i < waiters[class].len() {
                     let target = waiters[class][i].target.clone();
                     let blocked = match &target {
-                        None => anywhere_full,
+                        None => anywhere_full[class],
                         Some(t) => full_targets.contains(&Arc::as_ptr(t)),
                     };
                     if blocked {
                         i += 1;
                         continue;
                     }
-                    let Some(slot) = reserve(target.as_ref()) else {
+                    let birth = class == Class::New as usize && target.is_none();
+                    let want = Want {
+                        target: target.as_ref(),
+                        class: if class == 0 {
+                            Class::Established
+                        } else {
+                            Class::New
+                        },
+                        since: waiters[class][i].since,
+                        other_births: births.saturating_sub(u64::from(birth)),
+                    };
+                    let Some(slot) = reserve(&want) else {
                         match &target {
-                            None => anywhere_full = true,
+                            None => anywhere_full[class] = true,
                             Some(t) => full_targets.push(Arc::as_ptr(t)),
                         }
                         i += 1;
                         continue;
                     };
+                    if birth {
+                        births -= 1;
+                    }
                     let w = waiters[class].remove(i).expect("index in range");
                     self.depth.fetch_sub(1, Ordering::Relaxed);
                     if let Err(Ok(slot)) = w.tx.send(Ok(slot)) {
@@ -254,7 +303,7 @@ mod tests {
         let mut free = any(&q, 10).unwrap();
         // Only `idle` has a slot: the pinned waiter keeps its place, the
         // one behind it is served by `idle`.
-        q.dispatch(|target| match target {
+        q.dispatch(|w| match w.target {
             Some(t) if Arc::ptr_eq(t, busy) => None,
             Some(t) => Some(t.start_request()),
             None => Some(idle.start_request()),
@@ -263,7 +312,7 @@ mod tests {
         assert!(Arc::ptr_eq(got.endpoint(), idle));
         assert!(pinned.slot.try_recv().is_err(), "still waiting for its pod");
         assert_eq!(q.depth(), 1);
-        q.dispatch(|target| target.map(|t| t.start_request()));
+        q.dispatch(|w| w.target.map(|t| t.start_request()));
         let got = pinned.slot.try_recv().unwrap().unwrap();
         assert!(Arc::ptr_eq(got.endpoint(), busy));
     }

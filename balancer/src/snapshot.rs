@@ -155,14 +155,17 @@ impl PoolRuntime {
     /// limit ([`balance::placement`]); `Hold` while pods are starting and
     /// every ready one holds its share, when `may_hold`. `waiting` other new
     /// sessions are waiting for starting pods.
+    /// The session began waiting at `since` (pods ready since are the
+    /// capacity it waited for).
     pub fn place_session(
         &self,
         now: Instant,
+        since: Instant,
         may_hold: bool,
         waiting: u64,
         entropy: u64,
     ) -> SessionHome {
-        self.place(now, may_hold.then_some(waiting), None, entropy)
+        self.place(now, since, may_hold.then_some(waiting), None, entropy)
     }
 
     /// The best home for a session leaving `from` (never held).
@@ -172,7 +175,7 @@ impl PoolRuntime {
         from: &Arc<EndpointState>,
         entropy: u64,
     ) -> SessionHome {
-        self.place(now, None, Some(from), entropy)
+        self.place(now, now, None, Some(from), entropy)
     }
 
     /// Places among available endpoints but `exclude`; `hold` is the number
@@ -180,6 +183,7 @@ impl PoolRuntime {
     fn place(
         &self,
         now: Instant,
+        since: Instant,
         hold: Option<u64>,
         exclude: Option<&Arc<EndpointState>>,
         entropy: u64,
@@ -198,6 +202,7 @@ impl PoolRuntime {
                 sessions: m.state.session_load(),
                 in_flight,
                 open: limit.is_none_or(|l| in_flight < l),
+                fresh: m.state.ready_after(since),
             });
         }
         let starting = self.starting();
@@ -377,8 +382,25 @@ impl PoolLive {
         };
         let now = Instant::now();
         let limit = pool.settings.max_in_flight_per_endpoint;
-        self.queue.dispatch(|target| match target {
-            Some(pinned) if pinned.takes_sticky(now) => pinned.try_start_request(limit),
+        let max_wait = pool.sticky.as_ref().map(|s| s.settings.placement.max_wait);
+        self.queue.dispatch(|want| match (want.target, want.class, max_wait) {
+            (Some(pinned), _, _) if pinned.takes_sticky(now) => pinned.try_start_request(limit),
+            // A new session in a sticky pool is born where the capacity is,
+            // and may wait for pods that are starting.
+            (None, crate::queue::Class::New, Some(max_wait)) => {
+                let may_hold = now.saturating_duration_since(want.since) < max_wait;
+                match pool.place_session(
+                    now,
+                    want.since,
+                    may_hold,
+                    want.other_births,
+                    fastrand::u64(..),
+                ) {
+                    SessionHome::At(home) => home.try_start_request(limit),
+                    SessionHome::Hold => None,
+                    SessionHome::Anywhere => pool.reserve(now, &[]).map(|(_, guard)| guard),
+                }
+            }
             // Its pod is gone or unhealthy: the session moves anyway.
             _ => pool.reserve(now, &[]).map(|(_, guard)| guard),
         });

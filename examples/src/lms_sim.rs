@@ -12,6 +12,12 @@
 //! - `/login` sets a `MoodleSession` cookie and `/logout` expires it; `/`,
 //!   `/course/view`, `/quiz/attempt` serve pages; `/stats` reports counters
 //!   as JSON.
+//! - `--pod-local-sessions`: sessions live in this process only, as PHP's
+//!   file sessions do on a Moodle pod. Every page starts a session when the
+//!   request has none; a session cookie this pod never issued (the learner
+//!   was sent to another pod) logs the learner out: a new session is
+//!   started, counted as `lost`, and the response says `x-session: lost`
+//!   (`new` and `resumed` otherwise).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -23,7 +29,7 @@ use bytes::Bytes;
 use clap::{Parser, ValueEnum};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::header::{CONTENT_TYPE, SET_COOKIE};
+use hyper::header::{CONTENT_TYPE, HeaderValue, SET_COOKIE};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -72,6 +78,10 @@ pub struct Args {
     /// when a demo is killed).
     #[arg(long)]
     pub exit_with_parent: bool,
+    /// Keep sessions in this process only (PHP file sessions): a learner
+    /// sent to another pod is logged out.
+    #[arg(long)]
+    pub pod_local_sessions: bool,
 }
 
 impl Args {
@@ -105,9 +115,65 @@ struct Sim {
     served: AtomicU64,
     rejected: AtomicU64,
     sessions: AtomicU64,
+    /// Sessions lost: a cookie this pod never issued (`--pod-local-sessions`).
+    lost: AtomicU64,
+    /// Session ids this pod issued (`--pod-local-sessions`).
+    local: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+/// The `MoodleSession` cookie's value in a request, if any.
+fn session_cookie(req: &Request<Incoming>) -> Option<String> {
+    req.headers()
+        .get_all(hyper::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == "MoodleSession")
+        .map(|(_, v)| v.to_string())
 }
 
 impl Sim {
+    /// A new session id (recorded when sessions are pod-local).
+    fn new_session(&self) -> String {
+        let n = self.sessions.fetch_add(1, Ordering::Relaxed);
+        let id = format!("{:016x}{n:x}", fastrand::u64(..));
+        if self.args.pod_local_sessions {
+            self.local
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id.clone());
+        }
+        id
+    }
+
+    /// For `--pod-local-sessions`: the session a page continues or starts,
+    /// and how (`resumed`, `new`, `lost`).
+    fn local_session(&self, path: &str, cookie: Option<&str>) -> (Option<String>, &'static str) {
+        if path == "/logout" {
+            if let Some(c) = cookie {
+                self.local
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(c);
+            }
+            return (None, "ended");
+        }
+        let known = cookie.is_some_and(|c| {
+            self.local
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(c)
+        });
+        match (cookie, known) {
+            (Some(_), true) if path != "/login" => (None, "resumed"),
+            (Some(_), false) => {
+                self.lost.fetch_add(1, Ordering::Relaxed);
+                (Some(self.new_session()), "lost")
+            }
+            _ => (Some(self.new_session()), "new"),
+        }
+    }
     fn warm(&self) -> bool {
         self.started.elapsed() >= self.args.cold_start
     }
@@ -151,6 +217,7 @@ impl Sim {
             "served": self.served.load(Ordering::Relaxed),
             "rejected": self.rejected.load(Ordering::Relaxed),
             "sessions": self.sessions.load(Ordering::Relaxed),
+            "lost": self.lost.load(Ordering::Relaxed),
         })
     }
 
@@ -174,6 +241,7 @@ impl Sim {
             | "/quiz/attempt.php" => {}
             _ => return text(StatusCode::NOT_FOUND, "no such page\n"),
         }
+        let cookie = session_cookie(&req);
         // A posted form (quiz answers) is read before a worker takes it, as
         // the web server does.
         if req.into_body().collect().await.is_err() {
@@ -196,18 +264,27 @@ impl Sim {
         self.busy.fetch_sub(1, Ordering::Relaxed);
         self.served.fetch_add(1, Ordering::Relaxed);
         let mut resp = text(StatusCode::OK, &format!("{} {path}\n", self.args.name));
-        let cookie = match path.as_str() {
-            "/login" => {
-                let n = self.sessions.fetch_add(1, Ordering::Relaxed);
-                Some(format!(
-                    "MoodleSession={:016x}{n:x}; Path=/; HttpOnly",
-                    fastrand::u64(..)
-                ))
+        let logout = "MoodleSession=deleted; Path=/; Max-Age=0; HttpOnly".to_string();
+        let set = if self.args.pod_local_sessions {
+            let (id, how) = self.local_session(&path, cookie.as_deref());
+            resp.headers_mut()
+                .insert("x-session", HeaderValue::from_static(how));
+            match (id, how) {
+                (Some(id), _) => Some(format!("MoodleSession={id}; Path=/; HttpOnly")),
+                (None, "ended") => Some(logout),
+                (None, _) => None,
             }
-            "/logout" => Some("MoodleSession=deleted; Path=/; Max-Age=0; HttpOnly".to_string()),
-            _ => None,
+        } else {
+            match path.as_str() {
+                "/login" => Some(format!(
+                    "MoodleSession={}; Path=/; HttpOnly",
+                    self.new_session()
+                )),
+                "/logout" => Some(logout),
+                _ => None,
+            }
         };
-        if let Some(cookie) = cookie {
+        if let Some(cookie) = set {
             resp.headers_mut()
                 .insert(SET_COOKIE, cookie.parse().expect("hex cookie"));
         }
@@ -250,6 +327,8 @@ pub async fn serve(args: Args) -> std::io::Result<()> {
         served: AtomicU64::new(0),
         rejected: AtomicU64::new(0),
         sessions: AtomicU64::new(0),
+        lost: AtomicU64::new(0),
+        local: std::sync::Mutex::default(),
     });
     // Tests and the local scaler read the address from this line.
     println!(

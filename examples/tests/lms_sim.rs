@@ -125,3 +125,50 @@ async fn login_sets_a_session_cookie_and_pages_answer() {
         "logout expires the session cookie: {cookie}"
     );
 }
+
+async fn get_with_cookie(addr: SocketAddr, path: &str, cookie: &str) -> hyper::HeaderMap {
+    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let req = hyper::Request::get(format!("http://{addr}{path}"))
+        .header("cookie", cookie)
+        .body(Empty::new())
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    resp.headers().clone()
+}
+
+#[tokio::test]
+async fn pod_local_sessions_log_out_a_learner_sent_to_another_pod() {
+    let a = start(&["--service-time", "1ms", "--pod-local-sessions"]);
+    let b = start(&["--service-time", "1ms", "--pod-local-sessions"]);
+    // The first page starts a session, as PHP's session_start does.
+    let (_, headers, _) = get(a.addr, "/course/view").await;
+    assert_eq!(headers["x-session"], "new");
+    let set = headers["set-cookie"].to_str().unwrap();
+    let cookie = set.split(';').next().unwrap().to_string();
+    assert!(cookie.starts_with("MoodleSession="), "{set}");
+    // Its own pod resumes it, without a new cookie.
+    let again = get_with_cookie(a.addr, "/quiz/attempt", &cookie).await;
+    assert_eq!(again["x-session"], "resumed");
+    assert!(!again.contains_key("set-cookie"));
+    // Another pod has no such session: the learner is logged out.
+    let moved = get_with_cookie(b.addr, "/quiz/attempt", &cookie).await;
+    assert_eq!(moved["x-session"], "lost");
+    assert_ne!(
+        moved["set-cookie"].to_str().unwrap().split(';').next().unwrap(),
+        cookie
+    );
+    let stats: serde_json::Value = serde_json::from_str(&get(b.addr, "/stats").await.2).unwrap();
+    assert_eq!(stats["lost"], 1, "{stats}");
+    let stats: serde_json::Value = serde_json::from_str(&get(a.addr, "/stats").await.2).unwrap();
+    assert_eq!(stats["lost"], 0, "{stats}");
+    // Logging out ends it on its pod.
+    let out = get_with_cookie(a.addr, "/logout", &cookie).await;
+    assert!(out["set-cookie"].to_str().unwrap().contains("Max-Age=0"));
+    assert_eq!(
+        get_with_cookie(a.addr, "/", &cookie).await["x-session"],
+        "lost"
+    );
+}

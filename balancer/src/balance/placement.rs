@@ -1,21 +1,36 @@
 //! Where a new sticky session is born, and when an established one may move.
 //!
 //! A pod's live sessions predict its load for as long as they last, so a
-//! request that will create a session is placed by sessions and in-flight
-//! requests together, by configured weight: slow start shapes request load,
-//! not where sessions are born, and a warming pod is the best home for one.
+//! request that will create a session goes to the pod with the fewest
+//! sessions, in-flight requests breaking ties, by configured weight: slow
+//! start shapes request load, not where sessions are born, and a warming pod
+//! is the best home for one.
+//!
+//! A session may wait for a slot on a pod with about the fewest sessions
+//! rather than take a free one on a pod that holds more (within
+//! `maxWait`).
 //!
 //! While pods are starting, a ready pod takes a new session only below its
 //! share of the sessions over ready and starting pods; when none is, the
 //! session waits for the capacity that is coming (Knative's activator holds
 //! every request this way; here only session births wait, bounded by
-//! `sessionPlacement.maxWait`).
+//! `sessionPlacement.maxWait`). A login surge (at least as many new
+//! sessions waiting as there are ready pods) waits the same way before the
+//! autoscaler has listed any pod: sessions born on the old pods in the
+//! first second of a class would stay there for the whole class.
 //!
 //! With sessions kept in a shared store, a session may leave a pod whose
 //! load exceeds `balanceFactor` times the pool's average: the bounded-load
 //! rule of HAProxy's and Envoy's `hash-balance-factor`.
 
 use super::{Candidate, LeastConnections, Picker};
+
+/// A home within this fraction (or one session) of the fewest sessions per
+/// weight may take a new session while it may still wait.
+const NEAR_FEWEST: f64 = 0.1;
+
+/// One session outweighs this many requests in flight when homes are compared.
+const LOAD_SCALE: u64 = 1 << 20;
 
 /// A ready endpoint as session placement sees it.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -29,6 +44,8 @@ pub struct Home {
     /// Below its in-flight limit: it may take the request now. A full home
     /// still counts towards every home's share.
     pub open: bool,
+    /// It turned ready after the session began waiting: capacity that came.
+    pub fresh: bool,
 }
 
 /// What placement decided for a new session.
@@ -51,7 +68,14 @@ pub fn place(
     may_hold: bool,
     entropy: u64,
 ) -> Option<Placement> {
-    let holding = may_hold && starting > 0;
+    let surge = !homes.is_empty()
+        && waiting >= homes.len() as u64
+        && !homes.iter().any(|h| h.fresh);
+    let holding = may_hold && (starting > 0 || surge);
+    if holding && starting == 0 {
+        // A login surge with no pod on its way yet: wait for the scale-out.
+        return Some(Placement::Hold);
+    }
     let eligible: Vec<usize> = if holding {
         // Sessions there will be: live, on their way, and waiting.
         let sessions: u64 = homes.iter().map(|h| h.sessions).sum::<u64>() + waiting;
@@ -74,17 +98,33 @@ pub fn place(
             })
             .map(|(i, _)| i)
             .collect()
+    } else if may_hold {
+        // Only a home within a little of the fewest sessions (full ones
+        // included) takes it: a free slot on a pod that already holds more
+        // than the others is no reason to pin a session there for good.
+        let per_weight = |h: &Home| h.sessions as f64 / h.weight;
+        let fewest = homes.iter().map(per_weight).fold(f64::INFINITY, f64::min);
+        let slack = (fewest * NEAR_FEWEST).max(1.0);
+        (0..homes.len())
+            .filter(|&i| homes[i].open && per_weight(&homes[i]) <= fewest + slack / homes[i].weight)
+            .collect()
     } else {
         (0..homes.len()).filter(|&i| homes[i].open).collect()
     };
     if eligible.is_empty() {
-        return holding.then_some(Placement::Hold);
+        return (holding || (may_hold && !homes.is_empty())).then_some(Placement::Hold);
     }
+    // Sessions first (the load to come), in-flight requests break ties (a
+    // birth on its way is both a session and a request: counting the two
+    // together would count it twice).
     let candidates: Vec<Candidate> = eligible
         .iter()
         .map(|&i| Candidate {
             weight: homes[i].weight,
-            in_flight: homes[i].sessions + homes[i].in_flight,
+            in_flight: homes[i]
+                .sessions
+                .saturating_mul(LOAD_SCALE)
+                .saturating_add(homes[i].in_flight.min(LOAD_SCALE - 1)),
         })
         .collect();
     LeastConnections
@@ -114,6 +154,7 @@ mod tests {
             sessions,
             in_flight,
             open: true,
+            fresh: false,
         }
     }
 
@@ -124,6 +165,7 @@ mod tests {
     #[test]
     fn nothing_to_place_on_and_nothing_coming() {
         assert_eq!(place(&[], 0, 0, true, 1), None);
+        assert_eq!(place(&[], 0, 5, true, 1), None, "no pod: no surge to wait out");
         assert_eq!(place(&[], 3, 0, false, 1), None);
         assert_eq!(place(&[], 3, 0, true, 1), Some(Placement::Hold));
     }
@@ -138,10 +180,16 @@ mod tests {
     }
 
     #[test]
-    fn sessions_and_load_together() {
-        // 3 + 4 = 7 against 4 + 0 = 4.
+    fn sessions_first_then_load() {
+        // Fewer sessions wins even when busier now: the sessions are the
+        // load to come, and a new pod's first births are all in flight.
         let homes = [h(3, 4), h(4, 0)];
-        assert_eq!(place(&homes, 0, 0, true, 7), Some(Placement::At(1)));
+        assert_eq!(place(&homes, 0, 0, true, 7), Some(Placement::At(0)));
+        // Equal sessions: the less busy one.
+        let homes = [h(4, 3), h(4, 1)];
+        for e in 0..20 {
+            assert_eq!(place(&homes, 0, 0, true, spread(e)), Some(Placement::At(1)));
+        }
     }
 
     #[test]
@@ -211,8 +259,13 @@ mod tests {
             "{ready_sessions:?}"
         );
         assert_eq!(ready.iter().map(|h| h.sessions).sum::<u64>() + held, 50);
-        // The starting pods turn ready; the held births are placed.
-        ready.extend(std::iter::repeat_n(h(0, 0), 6));
+        // The starting pods turn ready (after the births began waiting);
+        // the held births are placed.
+        let fresh = Home {
+            fresh: true,
+            ..h(0, 0)
+        };
+        ready.extend(std::iter::repeat_n(fresh, 6));
         starting = 0;
         for e in 0..held {
             match place(&ready, starting, held - e - 1, true, spread(e)).unwrap() {
@@ -226,13 +279,46 @@ mod tests {
     }
 
     #[test]
+    fn a_login_surge_waits_for_the_scale_out() {
+        let homes = [h(4, 2), h(4, 2)];
+        // One other new session waiting: an ordinary burst, placed now.
+        assert!(matches!(place(&homes, 0, 1, true, 7), Some(Placement::At(_))));
+        // As many waiting as there are ready pods: a surge; wait for pods.
+        assert_eq!(place(&homes, 0, 2, true, 7), Some(Placement::Hold));
+        // Until the longest wait is over.
+        assert!(matches!(place(&homes, 0, 2, false, 7), Some(Placement::At(_))));
+        // Or until a pod turns ready: it takes them (fewest sessions).
+        let fresh = Home {
+            fresh: true,
+            ..h(0, 0)
+        };
+        assert_eq!(
+            place(&[homes[0], homes[1], fresh], 0, 5, true, 7),
+            Some(Placement::At(2))
+        );
+    }
+
+    #[test]
     fn a_full_home_counts_but_takes_nothing() {
         let full = Home {
             open: false,
             ..h(0, 2)
         };
-        assert_eq!(place(&[full, h(5, 0)], 0, 0, true, 7), Some(Placement::At(1)));
-        assert_eq!(place(&[full], 0, 0, true, 7), None);
+        // The open pod holds 5 more sessions: wait for the fuller one's slot
+        // while it may wait, then take the open one.
+        assert_eq!(place(&[full, h(5, 0)], 0, 0, true, 7), Some(Placement::Hold));
+        assert_eq!(place(&[full, h(5, 0)], 0, 0, false, 7), Some(Placement::At(1)));
+        // Within one session of the fewest: no reason to wait.
+        assert_eq!(place(&[full, h(1, 0)], 0, 0, true, 7), Some(Placement::At(1)));
+        // Within a tenth of the fewest.
+        let full = Home {
+            open: false,
+            ..h(100, 2)
+        };
+        assert_eq!(place(&[full, h(110, 0)], 0, 0, true, 7), Some(Placement::At(1)));
+        assert_eq!(place(&[full, h(112, 0)], 0, 0, true, 7), Some(Placement::Hold));
+        assert_eq!(place(&[full], 0, 0, false, 7), None);
+        assert_eq!(place(&[full], 0, 0, true, 7), Some(Placement::Hold));
         assert_eq!(place(&[full], 2, 0, true, 7), Some(Placement::Hold));
     }
 

@@ -99,18 +99,43 @@ impl Drop for HeldBirth<'_> {
     }
 }
 
-/// The endpoint a request that will create a sticky session is born on
-/// (see [`crate::balance::placement`]), or `None` to place it as any request
-/// (every endpoint at its limit). While pods are starting and every ready
-/// pod holds its share of sessions, it waits for them, at most
-/// `stickySessions.sessionPlacement.maxWait`. After a wait the pool's
+/// Where placement sent a request that will create a sticky session.
+#[derive(Debug)]
+pub enum Born {
+    /// On this endpoint.
+    At(Arc<EndpointState>),
+    /// To the surge queue, whose dispatch places it when a home frees or a
+    /// starting pod turns ready.
+    Queued,
+    /// Anywhere, as any request (every endpoint at its limit, no queue).
+    Anywhere,
+}
+
+/// The home of a request that will create a sticky session (see
+/// [`crate::balance::placement`]). While pods are starting and every ready
+/// pod holds its share of sessions (or during a login surge), it waits for
+/// them, at most `stickySessions.sessionPlacement.maxWait`: in the surge
+/// queue when the pool has one, else here. After a wait here the pool's
 /// current snapshot is returned too, as the endpoints have changed.
-pub async fn place_session(
-    pool: &PoolRuntime,
-) -> (Option<Arc<EndpointState>>, Option<Arc<PoolRuntime>>) {
+pub async fn place_session(pool: &PoolRuntime) -> (Born, Option<Arc<PoolRuntime>>) {
     let Some(st) = &pool.sticky else {
-        return (None, None);
+        return (Born::Anywhere, None);
     };
+    if pool.settings.queue.is_some() {
+        let now = Instant::now();
+        let born = match pool.place_session(
+            now,
+            now,
+            true,
+            pool.live.queue.births(),
+            fastrand::u64(..),
+        ) {
+            SessionHome::At(home) if !pool.live.queue.has_waiters() => Born::At(home),
+            SessionHome::At(_) | SessionHome::Hold => Born::Queued,
+            SessionHome::Anywhere => Born::Anywhere,
+        };
+        return (born, None);
+    }
     let max_wait = st.settings.placement.max_wait;
     let started = Instant::now();
     let mut current: Option<Arc<PoolRuntime>> = None;
@@ -124,9 +149,9 @@ pub async fn place_session(
             .births_waiting
             .load(std::sync::atomic::Ordering::Relaxed)
             .saturating_sub(u64::from(held.is_some()));
-        match rt.place_session(now, waited < max_wait, others, fastrand::u64(..)) {
-            SessionHome::At(home) => return (Some(home), current),
-            SessionHome::Anywhere => return (None, current),
+        match rt.place_session(now, started, waited < max_wait, others, fastrand::u64(..)) {
+            SessionHome::At(home) => return (Born::At(home), current),
+            SessionHome::Anywhere => return (Born::Anywhere, current),
             SessionHome::Hold => {
                 if held.is_none() {
                     held = Some(HeldBirth::start(&pool.live));
@@ -148,10 +173,14 @@ pub async fn place_session(
 /// A request `pinned` to an endpoint by its sticky session waits for a slot
 /// on that endpoint: sessions do not bypass `maxInFlightPerEndpoint`. Its
 /// `class` ranks it in the queue when the pool has session priority.
+///
+/// A new session that placement sent to the queue (`birth`) waits there for
+/// its home; past `sessionPlacement.maxWait` the queue places it anywhere.
 pub async fn admit(
     pool: &PoolRuntime,
     pinned: Option<&Arc<EndpointState>>,
     class: Class,
+    birth: bool,
 ) -> Result<InFlight, Response<ProxyBody>> {
     let now = Instant::now();
     let queue = &pool.live.queue;
@@ -165,7 +194,8 @@ pub async fn admit(
         }
         // FIFO: while others wait, newcomers queue behind them.
         None => {
-            if !queue.has_waiters()
+            if !birth
+                && !queue.has_waiters()
                 && let Some((_, guard)) = pool.reserve(now, &[])
             {
                 return Ok(guard);
@@ -194,7 +224,27 @@ pub async fn admit(
     let _waiting_metrics = WaitMetrics::start(pool);
     // A slot may have freed between the reservation attempt and enqueueing.
     pool.live.slot_freed();
-    let outcome = tokio::time::timeout(settings.timeout, &mut waiting.slot).await;
+    let hold = pool
+        .sticky
+        .as_ref()
+        .filter(|_| birth)
+        .map(|st| st.settings.placement.max_wait)
+        .filter(|w| *w < settings.timeout);
+    let outcome = match hold {
+        // Held for starting pods: when the longest hold is over, the queue
+        // must look again even if no slot frees meanwhile.
+        Some(hold) => {
+            let _held = HeldBirth::start(&pool.live);
+            match tokio::time::timeout(hold, &mut waiting.slot).await {
+                Ok(done) => Ok(done),
+                Err(_) => {
+                    pool.live.slot_freed();
+                    tokio::time::timeout(settings.timeout - hold, &mut waiting.slot).await
+                }
+            }
+        }
+        None => tokio::time::timeout(settings.timeout, &mut waiting.slot).await,
+    };
     drop(waiting);
     match outcome {
         Ok(Ok(Ok(guard))) => Ok(guard),

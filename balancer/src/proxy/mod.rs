@@ -323,28 +323,33 @@ async fn forward(
     // A request that will create a session is born where the capacity is
     // (or will be: it may wait for starting pods).
     let class = affinity.class();
+    let is_birth = affinity.is_birth(pool);
     let placed_in;
     let mut pool = pool;
-    let mut _birth = None;
-    if affinity.is_birth(pool) {
-        let (home, current) = admission::place_session(pool).await;
+    let mut queued_birth = false;
+    if is_birth {
+        let (born, current) = admission::place_session(pool).await;
         if let Some(current) = current {
             placed_in = current;
             pool = &placed_in;
         }
-        if let Some(home) = home {
-            _birth = Some(home.start_birth());
-            affinity.born_at(home);
+        match born {
+            admission::Born::At(home) => affinity.born_at(home),
+            admission::Born::Queued => queued_birth = true,
+            admission::Born::Anywhere => {}
         }
     }
 
     // The first endpoint: the pinned one, else one picked by
     // least-connections; either within the in-flight limit, through the
     // surge queue.
-    let first = match admission::admit(pool, affinity.pinned.as_ref(), class).await {
+    let first = match admission::admit(pool, affinity.pinned.as_ref(), class, queued_birth).await
+    {
         Ok(guard) => guard,
         Err(resp) => return resp,
     };
+    // Counted on its home until the response records the session.
+    let _birth = is_birth.then(|| first.endpoint().start_birth());
     let secure = conn.proto == "https";
     if let (Some(on_upgrade), Some(value)) = (on_upgrade, upgrade_value) {
         parts

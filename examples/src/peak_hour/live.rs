@@ -117,12 +117,11 @@ pub fn pool_gauge(text: &str, name: &str) -> Option<f64> {
     found
 }
 
-/// Endpoints listed in the autoscaler's endpoints file (the ready pods).
+/// Ready endpoints listed in the autoscaler's endpoints file (starting
+/// pods are listed too, marked as such).
 fn listed(path: &PathBuf) -> u32 {
-    std::fs::read_to_string(path)
-        .ok()
-        .and_then(|t| serde_json::from_str::<Vec<String>>(&t).ok())
-        .map_or(0, |v| v.len() as u32)
+    usher_balancer::discovery::file::read(path)
+        .map_or(0, |v| v.iter().filter(|e| !e.starting).count() as u32)
 }
 
 /// One live line, cut to `width` characters.

@@ -391,10 +391,8 @@ async fn wait_serving(
         .map_err(|e| format!("{e}"))?;
     let deadline = Instant::now() + within;
     loop {
-        let listed = std::fs::read_to_string(endpoints)
-            .ok()
-            .and_then(|t| serde_json::from_str::<Vec<String>>(&t).ok())
-            .is_some_and(|v| !v.is_empty());
+        let listed = usher_balancer::discovery::file::read(endpoints)
+            .is_ok_and(|v| v.iter().any(|e| !e.starting));
         if listed
             && let Ok(Ok(resp)) =
                 tokio::time::timeout(Duration::from_secs(5), http.get(uri.clone())).await

@@ -43,6 +43,8 @@ const SURGE_FOR: Duration = Duration::from_secs(20);
 /// A pod started by the scale-out must hold its share within this long.
 const SHARE_WITHIN: Duration = Duration::from_secs(10);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// lms-sim's `/healthz` fails this long after start.
+const COLD_START: &str = "1500ms";
 
 type HttpClient = Client<HttpConnector, Empty<Bytes>>;
 
@@ -164,6 +166,8 @@ struct Day {
     shares: Vec<(String, i64)>,
     pods: usize,
     sessions_by_pod: BTreeMap<String, usize>,
+    /// The balancer's placement gauges, sampled in the surge's first seconds.
+    placement: Vec<String>,
     /// Seconds from the surge to each pod's listing as ready.
     ready_at: Vec<f64>,
     /// Seconds from the surge to each surge learner's first page, and where.
@@ -269,6 +273,8 @@ spec:
         .arg(lms_sim)
         .args(["--port", "{port}", "--workers", "2", "--backlog", "1000"])
         .args(["--service-time", "100ms", "--distribution", "fixed"])
+        // A pod takes a while to start, as php-fpm and its opcache do.
+        .args(["--cold-start", COLD_START])
         .args(["--pod-local-sessions", "--exit-with-parent", "--name"])
         .arg(format!("{token}-{{index}}"))
         .env("USHER_LOG", "info")
@@ -285,7 +291,7 @@ spec:
     scaler.metrics_addr().await;
 
     // Both initial pods ready and listed.
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let ready = usher_balancer::discovery::file::read(&endpoints)
             .map(|v| v.iter().filter(|e| !e.starting).count())
@@ -350,8 +356,38 @@ spec:
         )));
     }
     let end = surge_at + SURGE_FOR;
+    let mut placement: Vec<String> = Vec::new();
     while Instant::now() < end {
         watch(&mut ready_at, &mut ready_count);
+        if placement.len() < 30
+            && let Ok(Ok(resp)) = tokio::time::timeout(
+                Duration::from_secs(1),
+                client.get(format!("http://{admin}/metrics").parse().unwrap()),
+            )
+            .await
+            && let Ok(body) = resp.into_body().collect().await
+        {
+            let text = String::from_utf8_lossy(&body.to_bytes()).into_owned();
+            let pick = |name: &str| {
+                text.lines()
+                    .find(|l| l.starts_with(name))
+                    .and_then(|l| l.rsplit(' ').next())
+                    .unwrap_or("-")
+                    .to_string()
+            };
+            let sessions: Vec<String> = text
+                .lines()
+                .filter(|l| l.starts_with("usher_balancer_endpoint_sessions{"))
+                .map(|l| l.rsplit(' ').next().unwrap_or("-").to_string())
+                .collect();
+            placement.push(format!(
+                "{:.2}s starting={} held={} queued={} sessions={sessions:?}",
+                surge_at.elapsed().as_secs_f64(),
+                pick("usher_balancer_pool_starting_endpoints{"),
+                pick("usher_balancer_session_births_held_total{"),
+                pick("usher_balancer_pool_queue_depth{"),
+            ));
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     stop.store(true, Ordering::Relaxed);
@@ -444,6 +480,7 @@ spec:
         .collect();
     ready_times.sort_by(f64::total_cmp);
     Day {
+        placement,
         ready_at: ready_times,
         births,
         surge_p95,
@@ -471,6 +508,7 @@ async fn a_class_start_scales_out_for_logged_in_learners() {
          scale-out pods, sessions above their fair share (best within {SHARE_WITHIN:?} of ready): {:?}\n\
          pods ready at (s from the surge), sticky on: {:?}\n\
          surge learners' first page done at (s) and pod, sticky on: {:?}\n\
+         balancer placement, sticky on:\n{}\n\
          autoscaler, sticky on:\n{}",
         on.pods,
         on.surge_pages,
@@ -486,6 +524,7 @@ async fn a_class_start_scales_out_for_logged_in_learners() {
         on.shares,
         on.ready_at,
         on.births,
+        on.placement.join("\n"),
         on.log,
     );
     println!("{table}");

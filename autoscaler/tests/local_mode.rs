@@ -55,7 +55,6 @@ fn http_client() -> HttpClient {
     Client::builder(TokioExecutor::new()).build_http()
 }
 
-
 async fn get(client: &HttpClient, url: &str) -> Result<(u16, String), String> {
     let uri = url.parse().map_err(|e| format!("{e}"))?;
     let resp = tokio::time::timeout(REQUEST_TIMEOUT, client.get(uri))
@@ -104,14 +103,15 @@ fn watch_replicas(
         let deadline = Instant::now() + Duration::from_secs(180);
         while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
             // Ready copies (starting ones are listed too, marked as such).
-            let listed: Option<Vec<String>> = usher_balancer::discovery::file::read(&endpoints_file)
-                .ok()
-                .map(|v| {
-                    v.into_iter()
-                        .filter(|e| !e.starting)
-                        .map(|e| e.address)
-                        .collect()
-                });
+            let listed: Option<Vec<String>> =
+                usher_balancer::discovery::file::read(&endpoints_file)
+                    .ok()
+                    .map(|v| {
+                        v.into_iter()
+                            .filter(|e| !e.starting)
+                            .map(|e| e.address)
+                            .collect()
+                    });
             let metrics = get(&client, &metrics_url).await.ok().map(|(_, t)| t);
             {
                 let mut s = shared.lock().unwrap();

@@ -221,15 +221,18 @@ pub fn status_json(shared: &Shared) -> serde_json::Value {
                         "weight": weights.get(&(pool.name.as_str(), s.address())),
                         "state": s.state(now).as_str(),
                         "inFlight": s.in_flight(),
+                        "sessions": s.sessions(),
                         "ejectedForSeconds": s.ejected_until(now).map(|u| u.saturating_duration_since(now).as_secs_f64()),
                         "lastCheck": last_check,
                     })
                 })
                 .collect();
-            let live = snapshot.pool(&pool.name).map(|p| &p.live);
+            let runtime = snapshot.pool(&pool.name);
+            let live = runtime.map(|p| &p.live);
             json!({
                 "name": pool.name,
                 "queued": live.map(|l| l.queue.depth()),
+                "startingEndpoints": runtime.map(|p| p.starting()),
                 "usingBackup": live.map(|l| l.is_on_backup()),
                 "backupPool": pool.backup_pool,
                 "balance": format!("{:?}", pool.balance),

@@ -71,7 +71,10 @@ pub struct SessionTable {
 impl std::fmt::Debug for SessionTable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SessionTable")
-            .field("live_for", &Duration::from_nanos(self.live_for.load(Ordering::Relaxed)))
+            .field(
+                "live_for",
+                &Duration::from_nanos(self.live_for.load(Ordering::Relaxed)),
+            )
             .finish_non_exhaustive()
     }
 }

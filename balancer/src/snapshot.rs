@@ -383,27 +383,28 @@ impl PoolLive {
         let now = Instant::now();
         let limit = pool.settings.max_in_flight_per_endpoint;
         let max_wait = pool.sticky.as_ref().map(|s| s.settings.placement.max_wait);
-        self.queue.dispatch(|want| match (want.target, want.class, max_wait) {
-            (Some(pinned), _, _) if pinned.takes_sticky(now) => pinned.try_start_request(limit),
-            // A new session in a sticky pool is born where the capacity is,
-            // and may wait for pods that are starting.
-            (None, crate::queue::Class::New, Some(max_wait)) => {
-                let may_hold = now.saturating_duration_since(want.since) < max_wait;
-                match pool.place_session(
-                    now,
-                    want.since,
-                    may_hold,
-                    want.other_births,
-                    fastrand::u64(..),
-                ) {
-                    SessionHome::At(home) => home.try_start_request(limit),
-                    SessionHome::Hold => None,
-                    SessionHome::Anywhere => pool.reserve(now, &[]).map(|(_, guard)| guard),
+        self.queue
+            .dispatch(|want| match (want.target, want.class, max_wait) {
+                (Some(pinned), _, _) if pinned.takes_sticky(now) => pinned.try_start_request(limit),
+                // A new session in a sticky pool is born where the capacity is,
+                // and may wait for pods that are starting.
+                (None, crate::queue::Class::New, Some(max_wait)) => {
+                    let may_hold = now.saturating_duration_since(want.since) < max_wait;
+                    match pool.place_session(
+                        now,
+                        want.since,
+                        may_hold,
+                        want.other_births,
+                        fastrand::u64(..),
+                    ) {
+                        SessionHome::At(home) => home.try_start_request(limit),
+                        SessionHome::Hold => None,
+                        SessionHome::Anywhere => pool.reserve(now, &[]).map(|(_, guard)| guard),
+                    }
                 }
-            }
-            // Its pod is gone or unhealthy: the session moves anyway.
-            _ => pool.reserve(now, &[]).map(|(_, guard)| guard),
-        });
+                // Its pod is gone or unhealthy: the session moves anyway.
+                _ => pool.reserve(now, &[]).map(|(_, guard)| guard),
+            });
     }
 
     /// Whether traffic currently goes to the backup pool.

@@ -75,6 +75,8 @@ async fn new_sessions_go_to_the_pod_with_the_fewest() {
             "sessions on {name}"
         );
     }
+    let status = common::endpoint_json(&tb, "web", &a.address()).await.unwrap();
+    assert_eq!(status["sessions"], 10, "{status}");
     // Returning learners stay where they are and count once.
     for l in &mut learners {
         l.read(&c, &tb.url("/")).await;
@@ -108,9 +110,15 @@ async fn a_new_session_waits_for_a_starting_pod_and_is_born_there() {
     let mut first = Learner::default();
     assert_eq!(first.read(&c, &tb.url("/")).await.0, "a");
     assert_eq!(
-        metric(&tb, "usher_balancer_pool_starting_endpoints", &["pool=\"web\""]).await,
+        metric(
+            &tb,
+            "usher_balancer_pool_starting_endpoints",
+            &["pool=\"web\""]
+        )
+        .await,
         Some(1.0)
     );
+    assert_eq!(common::status(&tb).await["pools"][0]["startingEndpoints"], 1);
     // The second waits for b, which turns ready 400 ms later.
     let mut second = Learner::default();
     let url = tb.url("/");
@@ -120,17 +128,26 @@ async fn a_new_session_waits_for_a_starting_pod_and_is_born_there() {
     });
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert!(!waiting.is_finished(), "the second session did not wait");
-    std::fs::write(&file, format!("- \"{}\"\n- \"{}\"\n", a.address(), b.address())).unwrap();
+    std::fs::write(
+        &file,
+        format!("- \"{}\"\n- \"{}\"\n", a.address(), b.address()),
+    )
+    .unwrap();
     let (pod, took) = waiting.await.unwrap();
     assert_eq!(pod, "b", "born on the pod that was starting");
     assert!(took >= Duration::from_millis(400), "{took:?}");
     assert!(took < Duration::from_secs(5), "{took:?}");
     assert_eq!(
-        metric(&tb, "usher_balancer_session_births_held_total", &["pool=\"web\""]).await,
+        metric(
+            &tb,
+            "usher_balancer_session_births_held_total",
+            &["pool=\"web\""]
+        )
+        .await,
         Some(1.0)
     );
     // Established sessions never wait: the first learner is served at once.
-    std::fs::write(&file, &starting.replace(&b.address(), "127.0.0.1:9")).unwrap();
+    std::fs::write(&file, starting.replace(&b.address(), "127.0.0.1:9")).unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (pod, took) = first.read(&c, &tb.url("/")).await;
     assert_eq!(pod, "a");
@@ -214,9 +231,13 @@ async fn shared_sessions_leave_an_overloaded_pod_and_local_ones_never_do() {
         let served = burst(&tb, &learner, 4).await;
         let pods: Vec<&str> = served.iter().map(|(p, _)| p.as_str()).collect();
         let away: Vec<_> = served.iter().filter(|(p, _)| *p != home).collect();
-        let moved = metric(&tb, "usher_balancer_sessions_moved_total", &["pool=\"web\""])
-            .await
-            .unwrap();
+        let moved = metric(
+            &tb,
+            "usher_balancer_sessions_moved_total",
+            &["pool=\"web\""],
+        )
+        .await
+        .unwrap();
         if moves {
             assert_eq!(away.len(), 1, "{mobility}: {pods:?} (home {home})");
             assert!(

@@ -12,8 +12,6 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -24,7 +22,6 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{Message, http as ws_http};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
@@ -192,33 +189,24 @@ impl Learner {
 // ---------------------------------------------------------------------------
 
 /// A backend that names itself in every answer:
-/// - `/hold` waits until the gate opens (counted in `held` on arrival);
 /// - `/login/index.php` starts a Moodle session: `Set-Cookie: MoodleSession=<random>`;
 /// - a WebSocket handshake is accepted (`x-backend: <name>` on the `101`) and echoed;
 /// - anything else: `200 <name>`.
 struct Node {
     name: String,
     backend: Backend,
-    held: Arc<AtomicUsize>,
 }
 
 impl Node {
-    async fn start(name: &str, gate: &watch::Receiver<bool>) -> Self {
-        let held = Arc::new(AtomicUsize::new(0));
-        let (n, h, g) = (name.to_string(), held.clone(), gate.clone());
+    async fn start(name: &str) -> Self {
+        let n = name.to_string();
         let backend = Backend::start(move |req: Request<Incoming>| {
-            let (name, held, mut gate) = (n.clone(), h.clone(), g.clone());
+            let name = n.clone();
             async move {
                 if req.headers().contains_key("sec-websocket-key") {
                     return websocket(name, req);
                 }
                 match req.uri().path() {
-                    "/hold" => {
-                        held.fetch_add(1, Ordering::SeqCst);
-                        // Err only when the test dropped the gate: answer then too.
-                        let _ = gate.wait_for(|open| *open).await;
-                        text(200, name)
-                    }
                     "/login/index.php" => {
                         let session: String = (0..26).map(|_| fastrand::alphanumeric()).collect();
                         let mut resp = text(200, name);
@@ -239,7 +227,6 @@ impl Node {
         Self {
             name: name.to_string(),
             backend,
-            held,
         }
     }
 
@@ -261,15 +248,14 @@ fn websocket(name: String, req: Request<Incoming>) -> http::Response<Full<Bytes>
     resp
 }
 
-/// `count` backends named `a`, `b`, ... sharing one `/hold` gate (closed).
-async fn nodes(count: usize) -> (Vec<Node>, watch::Sender<bool>) {
-    let (open, gate) = watch::channel(false);
+/// `count` backends named `a`, `b`, ...
+async fn nodes(count: usize) -> Vec<Node> {
     let mut list = Vec::with_capacity(count);
     for i in 0..count {
         let name = char::from(b'a' + i as u8).to_string();
-        list.push(Node::start(&name, &gate).await);
+        list.push(Node::start(&name).await);
     }
-    (list, open)
+    list
 }
 
 /// Config of pool `web` with `nodes` and extra pool YAML.
@@ -300,20 +286,18 @@ async fn wait_refused(addr: SocketAddr) {
     assert!(gone.is_some(), "the killed backend {addr} still accepts");
 }
 
-/// `inFlight` of `endpoint` in pool `web` per `/status`.
-async fn in_flight(tb: &TestBalancer, endpoint: &str) -> u64 {
-    common::endpoint_json(tb, "web", endpoint)
-        .await
-        .and_then(|e| e["inFlight"].as_u64())
-        .unwrap_or_else(|| panic!("no inFlight for {endpoint}"))
-}
-
-/// Asserts that an affinity cookie value reveals no endpoint: it is an opaque
-/// 32-hex-digit token that contains neither address nor name of any backend.
+/// Asserts that an affinity cookie value reveals no endpoint: an opaque
+/// 32-hex-digit endpoint id, then `.` and a 16-hex-digit session tag (the
+/// session's key for placement), containing neither address nor name of any
+/// backend.
 fn assert_opaque(value: &str, nodes: &[Node]) {
-    assert_eq!(value.len(), 32, "cookie value {value:?}");
+    let (id, tag) = value
+        .split_once('.')
+        .unwrap_or_else(|| panic!("cookie value {value:?} has no session tag"));
+    assert_eq!(id.len(), 32, "cookie value {value:?}");
+    assert_eq!(tag.len(), 16, "cookie value {value:?}");
     assert!(
-        value.bytes().all(|b| b.is_ascii_hexdigit()),
+        id.bytes().chain(tag.bytes()).all(|b| b.is_ascii_hexdigit()),
         "cookie value {value:?}"
     );
     assert!(!value.contains("127.0.0.1"), "cookie value {value:?}");
@@ -333,7 +317,7 @@ fn assert_opaque(value: &str, nodes: &[Node]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sticky_learner_stays_on_its_endpoint_while_endpoints_are_added() {
-    let (nodes, _gate) = nodes(5).await;
+    let nodes = nodes(5).await;
     let tb = TestBalancer::start(&pool(&nodes[..2], STICKY)).await;
     let url = tb.url("/course/view.php?id=7");
 
@@ -390,7 +374,7 @@ async fn a_sticky_learner_stays_on_its_endpoint_while_endpoints_are_added() {
         assert_opaque(&c.value, &nodes);
         ids.entry(r.body.clone())
             .or_default()
-            .insert(c.value.clone());
+            .insert(endpoint_id(&c.value).to_string());
     }
     assert!(
         ["c", "d", "e"].iter().any(|n| ids.contains_key(*n)),
@@ -402,113 +386,79 @@ async fn a_sticky_learner_stays_on_its_endpoint_while_endpoints_are_added() {
         "cookie values per endpoint: {ids:?}"
     );
     if let Some(v) = ids.get(&home) {
-        assert_eq!(v.first(), Some(&cookie.value), "{ids:?}");
+        assert_eq!(
+            v.first().map(String::as_str),
+            Some(endpoint_id(&cookie.value)),
+            "{ids:?}"
+        );
     }
+}
+
+/// The endpoint id of an affinity cookie value (before the session tag).
+fn endpoint_id(value: &str) -> &str {
+    value.split_once('.').map_or(value, |(id, _)| id)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tampered_affinity_cookie_is_ignored_and_replaced() {
-    let (nodes, open) = nodes(3).await;
+    let nodes = nodes(3).await;
     let tb = TestBalancer::start(&pool(&nodes, STICKY)).await;
     let url = tb.url("/my/");
 
     let mut learner = Learner::new();
     let home = learner.get_ok(&url).await.body;
     let genuine = learner.cookie(AFFINITY).expect("pinned").to_string();
+    let id = endpoint_id(&genuine).to_string();
 
-    // Keep the pinned endpoint busy (a request of the pinned learner), and
-    // one more (a learner without cookie: least-connections sends it to an
-    // idle endpoint). One endpoint stays idle: least-connections' only choice.
-    let mut holds = Vec::new();
-    let hold_url = tb.url("/hold");
-    let mut holder = Learner::with_cookie(AFFINITY, &genuine);
-    let u = hold_url.clone();
-    holds.push(tokio::spawn(async move { holder.get_ok(&u).await.body }));
-    let arrived = eventually(Duration::from_secs(5), || async {
-        node(&nodes, &home).held.load(Ordering::SeqCst) == 1
-    })
-    .await;
-    assert!(arrived.is_some(), "the pinned hold never reached {home}");
-    let u = hold_url.clone();
-    holds.push(tokio::spawn(
-        async move { Learner::new().get_ok(&u).await.body },
-    ));
-    let arrived = eventually(Duration::from_secs(5), || async {
-        nodes
-            .iter()
-            .map(|n| n.held.load(Ordering::SeqCst))
-            .sum::<usize>()
-            == 2
-    })
-    .await;
-    assert!(arrived.is_some(), "the second hold never arrived");
-    let idle: Vec<&Node> = nodes
-        .iter()
-        .filter(|n| n.held.load(Ordering::SeqCst) == 0)
-        .collect();
-    assert_eq!(idle.len(), 1, "two holds on two endpoints");
-    let idle = idle[0];
-    assert_ne!(idle.name, home);
-
-    // Forged values: one hex digit changed, upper case, truncated, extended,
-    // the pinned endpoint's address and name, empty.
-    let mut flipped = genuine.clone();
+    // Forged ids: one hex digit changed, upper case, truncated, extended,
+    // the pinned endpoint's address and name, empty; each with and without
+    // the genuine session tag.
+    let tag = genuine.split_once('.').map(|(_, t)| t.to_string()).unwrap();
+    let mut flipped = id.clone();
     let last = flipped.pop().unwrap();
     flipped.push(if last == '0' { '1' } else { '0' });
     let home_node = node(&nodes, &home);
-    let forged = [
+    let ids = [
         flipped,
-        genuine.to_ascii_uppercase(),
-        genuine[..31].to_string(),
-        format!("{genuine}0"),
+        id.to_ascii_uppercase(),
+        id[..31].to_string(),
+        format!("{id}0"),
         home_node.address(),
         home.clone(),
         String::new(),
     ];
+    let forged: Vec<String> = ids
+        .iter()
+        .flat_map(|i| [i.clone(), format!("{i}.{tag}")])
+        .collect();
     for value in &forged {
-        assert_ne!(value, &genuine);
-        // The previous forger's requests have left the idle endpoint.
-        let quiet = eventually(Duration::from_secs(5), || async {
-            in_flight(&tb, &idle.address()).await == 0
-        })
-        .await;
-        assert!(quiet.is_some(), "{} stayed busy", idle.name);
+        assert_ne!(endpoint_id(value), id);
+        // Not honoured: the forger is placed as a new session and given a
+        // genuine cookie naming the endpoint that served it.
         let mut forger = Learner::with_cookie(AFFINITY, value);
         let r = forger.get_ok(&url).await;
-        assert_eq!(
-            r.body, idle.name,
-            "forged cookie {value:?} was not re-pinned by least-connections"
-        );
         let set = r
             .affinity()
             .unwrap_or_else(|| panic!("no new cookie for forged {value:?}: {r:?}"));
         assert_ne!(&set.value, value);
-        assert_ne!(set.value, genuine);
         assert_opaque(&set.value, &nodes);
+        let served = r.body.clone();
         // The new cookie pins the forger to the endpoint that served it.
         for _ in 0..3 {
             let again = forger.get_ok(&url).await;
-            assert_eq!(again.body, idle.name, "forged {value:?}, then {again:?}");
+            assert_eq!(again.body, served, "forged {value:?}, then {again:?}");
             assert!(again.affinity().is_none(), "{again:?}");
         }
     }
-
-    open.send_replace(true);
-    let mut held_on = Vec::new();
-    for h in holds {
-        held_on.push(h.await.unwrap());
+    // The genuine cookie still works.
+    for _ in 0..3 {
+        assert_eq!(learner.get_ok(&url).await.body, home);
     }
-    assert_eq!(
-        held_on[0], home,
-        "the pinned hold was served by its endpoint"
-    );
-    // The genuine cookie still works once its endpoint is free again.
-    assert_eq!(learner.get_ok(&url).await.body, home);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sticky_learner_moves_when_its_endpoint_fails_health_checks() {
-    let (nodes, _gate) = nodes(3).await;
+    let nodes = nodes(3).await;
     let extra =
         format!("{STICKY}    healthCheck:\n      interval: 200ms\n      fall: 1\n      rise: 1\n");
     let tb = TestBalancer::start(&pool(&nodes, &extra)).await;
@@ -539,7 +489,7 @@ async fn a_sticky_learner_moves_when_its_endpoint_fails_health_checks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sticky_learner_moves_when_its_endpoint_is_ejected() {
-    let (nodes, _gate) = nodes(3).await;
+    let nodes = nodes(3).await;
     // No active checks: only passive outlier detection notices the death.
     let extra = format!(
         "{STICKY}    outlierDetection:\n      consecutive5xx: 1\n      baseEjectionTime: 30s\n"
@@ -641,7 +591,7 @@ async fn moves_away(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_draining_endpoint_keeps_its_sticky_learners_until_the_drain_timeout() {
-    let (nodes, _gate) = nodes(3).await;
+    let nodes = nodes(3).await;
     let extra = format!("{STICKY}    drainTimeout: 5s\n");
     let tb = TestBalancer::start(&pool(&nodes, &extra)).await;
     let url = tb.url("/mod/forum/view.php?id=9");
@@ -774,7 +724,7 @@ async fn a_draining_endpoint_keeps_its_sticky_learners_until_the_drain_timeout()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn moodle_session_affinity_keeps_learners_on_the_endpoint_that_logged_them_in() {
-    let (nodes, _gate) = nodes(5).await;
+    let nodes = nodes(5).await;
     let extra = "    stickySessions:\n      applicationCookie: MoodleSession\n";
     let tb = TestBalancer::start(&pool(&nodes[..3], extra)).await;
     let login = tb.url("/login/index.php");
@@ -859,7 +809,7 @@ fn served_by(resp: &ws_http::Response<Option<Vec<u8>>>) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_affinity_cookie_pins_websocket_upgrades() {
-    let (nodes, _gate) = nodes(3).await;
+    let nodes = nodes(3).await;
     let tb = TestBalancer::start(&pool(&nodes, STICKY)).await;
     let url = tb.url("/course/5/chat").replacen("http://", "ws://", 1);
 

@@ -157,7 +157,12 @@ async fn pod_local_sessions_log_out_a_learner_sent_to_another_pod() {
     let moved = get_with_cookie(b.addr, "/quiz/attempt", &cookie).await;
     assert_eq!(moved["x-session"], "lost");
     assert_ne!(
-        moved["set-cookie"].to_str().unwrap().split(';').next().unwrap(),
+        moved["set-cookie"]
+            .to_str()
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap(),
         cookie
     );
     let stats: serde_json::Value = serde_json::from_str(&get(b.addr, "/stats").await.2).unwrap();

@@ -1054,7 +1054,12 @@ fn session_placement_and_mobility() {
     .unwrap();
     let s = c.pools["web"].sticky.clone().unwrap();
     assert_eq!(
-        (s.mobility, s.balance_factor, s.placement.max_wait, s.placement.live_for),
+        (
+            s.mobility,
+            s.balance_factor,
+            s.placement.max_wait,
+            s.placement.live_for
+        ),
         (
             super::Mobility::Shared,
             1.25,

@@ -123,17 +123,12 @@ pub async fn place_session(pool: &PoolRuntime) -> (Born, Option<Arc<PoolRuntime>
     };
     if pool.settings.queue.is_some() {
         let now = Instant::now();
-        let born = match pool.place_session(
-            now,
-            now,
-            true,
-            pool.live.queue.births(),
-            fastrand::u64(..),
-        ) {
-            SessionHome::At(home) if !pool.live.queue.has_waiters() => Born::At(home),
-            SessionHome::At(_) | SessionHome::Hold => Born::Queued,
-            SessionHome::Anywhere => Born::Anywhere,
-        };
+        let born =
+            match pool.place_session(now, now, true, pool.live.queue.births(), fastrand::u64(..)) {
+                SessionHome::At(home) if !pool.live.queue.has_waiters() => Born::At(home),
+                SessionHome::At(_) | SessionHome::Hold => Born::Queued,
+                SessionHome::Anywhere => Born::Anywhere,
+            };
         return (born, None);
     }
     let max_wait = st.settings.placement.max_wait;

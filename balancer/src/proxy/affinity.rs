@@ -54,12 +54,13 @@ impl Affinity {
     }
 }
 
-/// Splits our cookie's value into the endpoint id and the session tag.
+/// Splits our cookie's value into the endpoint id and the session tag; a
+/// tag that is not one we mint (16 hex digits) is dropped, so whatever a
+/// client sends never reaches a `Set-Cookie`.
 fn split_cookie(value: &str) -> (&str, Option<&str>) {
-    match value.split_once('.') {
-        Some((id, tag)) if !tag.is_empty() => (id, Some(tag)),
-        _ => (value.trim_end_matches('.'), None),
-    }
+    let (id, tag) = value.split_once('.').unwrap_or((value, ""));
+    let tag = (tag.len() == 16 && tag.bytes().all(|b| b.is_ascii_hexdigit())).then_some(tag);
+    (id, tag)
 }
 
 /// Reads the request's affinity. Draining endpoints keep their sessions
@@ -244,7 +245,7 @@ pub fn finish(
     let same_tag = st.settings.application_cookie.is_some() || affinity.tag.is_some();
     if affinity.presented.as_deref() != Some(id.as_str()) || !same_tag {
         let value = match &tag {
-            Some(tag) => format!("{id}.{tag}"),
+            Some(tag) => format!("{id}.{}", tag.to_ascii_lowercase()),
             None => id,
         };
         resp.append(
@@ -258,4 +259,28 @@ pub fn finish(
         );
     }
     sessions.sweep(Instant::now(), false);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_cookie;
+
+    #[test]
+    fn only_minted_tags_are_kept() {
+        let id = "0123456789abcdef0123456789abcdef";
+        assert_eq!(split_cookie(id), (id, None));
+        let with = format!("{id}.00112233aabbccdd");
+        assert_eq!(split_cookie(&with), (id, Some("00112233aabbccdd")));
+        for junk in [
+            "",
+            ".",
+            ".0.0.1:443",
+            ".zz112233aabbccdd",
+            ".00112233aabbccdd0",
+        ] {
+            let v = format!("{id}{junk}");
+            assert_eq!(split_cookie(&v), (id, None), "{v}");
+        }
+        assert_eq!(split_cookie("127.0.0.1:8080"), ("127", None));
+    }
 }

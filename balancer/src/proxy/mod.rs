@@ -343,8 +343,7 @@ async fn forward(
     // The first endpoint: the pinned one, else one picked by
     // least-connections; either within the in-flight limit, through the
     // surge queue.
-    let first = match admission::admit(pool, affinity.pinned.as_ref(), class, queued_birth).await
-    {
+    let first = match admission::admit(pool, affinity.pinned.as_ref(), class, queued_birth).await {
         Ok(guard) => guard,
         Err(resp) => return resp,
     };

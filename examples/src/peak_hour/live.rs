@@ -119,19 +119,47 @@ pub fn pool_gauge(text: &str, name: &str) -> Option<f64> {
 
 /// Ready endpoints listed in the autoscaler's endpoints file (starting
 /// pods are listed too, marked as such).
-fn listed(path: &PathBuf) -> u32 {
+fn listed(path: &std::path::Path) -> u32 {
     usher_balancer::discovery::file::read(path)
         .map_or(0, |v| v.iter().filter(|e| !e.starting).count() as u32)
 }
 
-/// One live line, cut to `width` characters.
-pub fn live_line(row: &Row, phase: Phase, reason: &str, width: usize) -> String {
+/// The fewest and most live sticky sessions on one of the pool's endpoints
+/// that hold any, from the balancer's `usher_balancer_endpoint_sessions`.
+pub fn session_spread(text: &str) -> Option<(u64, u64)> {
+    let label = format!("pool=\"{POOL}\"");
+    let counts: Vec<u64> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("usher_balancer_endpoint_sessions{"))
+        .filter(|rest| {
+            rest.split('}')
+                .next()
+                .is_some_and(|ls| ls.split(',').any(|l| l == label))
+        })
+        .filter_map(|rest| rest.rsplit(' ').next()?.parse().ok())
+        .collect();
+    Some((*counts.iter().min()?, *counts.iter().max()?))
+}
+
+/// One live line, cut to `width` characters. `sessions` is the spread of
+/// live sticky sessions over the pods (where new sessions were born).
+pub fn live_line(
+    row: &Row,
+    sessions: Option<(u64, u64)>,
+    phase: Phase,
+    reason: &str,
+    width: usize,
+) -> String {
     let p95 = row
         .p95_ms
         .map_or_else(|| "    –".to_string(), |v| format!("{v:>5.0}"));
     let pods = format!("{}/{}", row.replicas, row.ready);
+    let sessions = sessions.map_or_else(
+        || "     –".to_string(),
+        |(min, max)| format!("{:>6}", format!("{min}–{max}")),
+    );
     let line = format!(
-        "{:>4}s {:<8} {:>5.1} req/s  p95 {p95} ms  err {:>2}  in-flight {:>3}  queued {:>3}  pods {pods:<5} {reason}",
+        "{:>4}s {:<8} {:>5.1} req/s  p95 {p95} ms  err {:>2}  in-flight {:>3}  queued {:>3}  pods {pods:<5} sessions/pod {sessions}  {reason}",
         row.t as u64,
         phase.as_str(),
         row.served_rps + row.errors,
@@ -254,7 +282,8 @@ impl Sampler {
                     Some(age) if age >= 1.5 => format!("[{age:.0} s ago] {reason}"),
                     _ => reason.clone(),
                 };
-                println!("{}", live_line(&row, now, &shown, width));
+                let sessions = text.as_deref().and_then(session_spread);
+                println!("{}", live_line(&row, sessions, now, &shown, width));
             }
             rows.push(row);
             second += 1;
@@ -344,16 +373,28 @@ usher_balancer_pool_in_flight_requests_other{pool=\"moodle\"} 99\n";
             ..Row::default()
         };
         let reason = "panic: 2s demand 23.0 in flight+queued needs 12 pods (3.8× 6 ready); no scale-down while panicking";
-        let line = live_line(&row, Phase::Surge, reason, 100);
-        assert_eq!(line.chars().count(), 100, "{line}");
+        let line = live_line(&row, Some((6, 7)), Phase::Surge, reason, 120);
+        assert_eq!(line.chars().count(), 120, "{line}");
         assert!(line.ends_with('…'));
         assert!(
             line.starts_with(
-                "  42s surge     38.0 req/s  p95   612 ms  err  0  in-flight  14  queued   3  pods 9/6   panic: 2s"
+                "  42s surge     38.0 req/s  p95   612 ms  err  0  in-flight  14  queued   3  pods 9/6   sessions/pod    6–7  panic: 2s"
             ),
             "{line}"
         );
-        let short = live_line(&Row::default(), Phase::Baseline, "", 200);
+        let short = live_line(&Row::default(), None, Phase::Baseline, "", 200);
         assert!(short.contains("p95     – ms"), "{short}");
+        assert!(short.contains("sessions/pod      –"), "{short}");
+    }
+
+    #[test]
+    fn session_spread_is_read_from_prometheus_text() {
+        let text = format!(
+            "usher_balancer_endpoint_sessions{{pool=\"{POOL}\",endpoint=\"a\"}} 7\n\
+             usher_balancer_endpoint_sessions{{pool=\"{POOL}\",endpoint=\"b\"}} 5\n\
+             usher_balancer_endpoint_sessions{{pool=\"other\",endpoint=\"c\"}} 90\n"
+        );
+        assert_eq!(session_spread(&text), Some((5, 7)));
+        assert_eq!(session_spread(""), None);
     }
 }

@@ -232,7 +232,7 @@ pub fn status_json(shared: &Shared) -> serde_json::Value {
             json!({
                 "name": pool.name,
                 "queued": live.map(|l| l.queue.depth()),
-                "startingEndpoints": runtime.map(|p| p.starting()),
+                "startingEndpoints": runtime.map(|p| p.starting(now)),
                 "usingBackup": live.map(|l| l.is_on_backup()),
                 "backupPool": pool.backup_pool,
                 "balance": format!("{:?}", pool.balance),

@@ -105,6 +105,8 @@ pub struct EndpointState {
     ever_healthy: AtomicBool,
     /// When it first turned healthy ([`clock`] nanos), 0 when never.
     ready_at: AtomicU64,
+    /// When this state was made (the endpoint was listed).
+    listed_at: Instant,
     /// Live sticky sessions pinned to it (see [`crate::sessions`]).
     sessions: AtomicU64,
     /// New sessions sent to it whose response has not come back yet.
@@ -162,6 +164,7 @@ impl EndpointState {
             slow_start_since: AtomicU64::new(0),
             queue_hook: ArcSwapOption::empty(),
             ever_healthy: AtomicBool::new(counter.is_healthy()),
+            listed_at: Instant::now(),
             ready_at: AtomicU64::new(if counter.is_healthy() {
                 clock(Instant::now())
             } else {
@@ -212,6 +215,7 @@ impl EndpointState {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight {
             endpoint: self.clone(),
+            birth: false,
         }
     }
 
@@ -228,13 +232,17 @@ impl EndpointState {
             .ok()
             .map(|_| InFlight {
                 endpoint: self.clone(),
+                birth: false,
             })
     }
 
-    /// Whether it is a pod that has not served yet: listed, never healthy,
-    /// not draining (capacity that is coming).
-    pub fn is_starting(&self) -> bool {
-        !self.ever_healthy.load(Ordering::Relaxed) && !self.is_draining()
+    /// Whether it is a pod that has not served yet (capacity that is
+    /// coming): listed less than `grace` ago, never healthy, not draining.
+    /// A pod that stays unready longer (crash-looping, stuck) is not.
+    pub fn is_starting(&self, now: Instant, grace: std::time::Duration) -> bool {
+        !self.ever_healthy.load(Ordering::Relaxed)
+            && !self.is_draining()
+            && now.saturating_duration_since(self.listed_at) < grace
     }
 
     /// Whether it first turned healthy after `since`.
@@ -263,14 +271,6 @@ impl EndpointState {
         let _ = self
             .sessions
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
-    }
-
-    /// Counts a new session on its way here until the guard drops.
-    pub fn start_birth(self: &Arc<Self>) -> Birth {
-        self.births.fetch_add(1, Ordering::Relaxed);
-        Birth {
-            endpoint: self.clone(),
-        }
     }
 
     /// Whether it may take a new request at `now`.
@@ -502,6 +502,8 @@ impl EndpointState {
 #[derive(Debug)]
 pub struct InFlight {
     endpoint: Arc<EndpointState>,
+    /// It carries a new session: counted in the endpoint's session load too.
+    birth: bool,
 }
 
 impl InFlight {
@@ -511,23 +513,24 @@ impl InFlight {
     }
 }
 
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.endpoint.in_flight.fetch_sub(1, Ordering::AcqRel);
-        self.endpoint.notify_slot();
+impl InFlight {
+    /// Counts the request as a new session on its way to the endpoint (in
+    /// its session load) until it completes; idempotent.
+    pub fn mark_birth(&mut self) {
+        if !self.birth {
+            self.birth = true;
+            self.endpoint.births.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
-/// A new session on its way to an endpoint: counted in its session load
-/// until the response comes back (and the session, if any, is recorded).
-#[derive(Debug)]
-pub struct Birth {
-    endpoint: Arc<EndpointState>,
-}
-
-impl Drop for Birth {
+impl Drop for InFlight {
     fn drop(&mut self) {
-        self.endpoint.births.fetch_sub(1, Ordering::Relaxed);
+        if self.birth {
+            self.endpoint.births.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.endpoint.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.endpoint.notify_slot();
     }
 }
 

@@ -367,7 +367,7 @@ impl Metrics {
         );
         r.register(
             "pool_starting_endpoints",
-            "Pods listed by discovery as starting (not ready yet)",
+            "Pods on their way: listed by discovery as starting, or added and never healthy yet, for at most stickySessions.sessionPlacement.startingFor",
             self.starting_endpoints.clone(),
         );
         r.register_collector(Box::new(LiveCollector { endpoints }));

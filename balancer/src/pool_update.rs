@@ -241,6 +241,7 @@ impl PoolUpdater {
         let now = Instant::now();
         for pool in &snapshot.pools {
             pool.live.sessions.sweep(now, false);
+            pool.live.metrics.starting.set(pool.starting(now) as i64);
         }
         self.shared.endpoints.sweep(&snapshot.members(), now)
     }

@@ -15,7 +15,8 @@ use moka::Expiry;
 use crate::endpoint::EndpointState;
 
 /// Most sessions tracked per pool; beyond it the least recently used are
-/// forgotten (they keep their pod: the cookie still names it).
+/// forgotten (they keep their pod: the cookie still names it; they only
+/// stop counting).
 const MAX_SESSIONS: u64 = 500_000;
 
 /// Expires a session once idle for the pool's current `liveFor`, read at
@@ -96,6 +97,7 @@ impl SessionTable {
         let live_for = Arc::new(AtomicU64::new(live_for.as_nanos() as u64));
         let map = moka::sync::Cache::builder()
             .max_capacity(MAX_SESSIONS)
+            .eviction_policy(moka::policy::EvictionPolicy::lru())
             .expire_after(IdleFor(live_for.clone()))
             // Any removal (idle, replaced by a move, capacity, logout)
             // ends the session on the endpoint it was counted on.

@@ -76,8 +76,9 @@ pub struct PoolRuntime {
     pub sticky: Option<StickyRuntime>,
     /// Index of the backup pool in the snapshot.
     pub backup: Option<usize>,
-    /// Endpoints listed as starting by discovery (not members yet).
-    pub starting_listed: usize,
+    /// When each endpoint listed as starting by discovery (not a member
+    /// yet) was first listed so.
+    pub starting_listed: Vec<Instant>,
 }
 
 /// Where a new session goes ([`PoolRuntime::place_session`]).
@@ -140,23 +141,32 @@ impl PoolRuntime {
         None
     }
 
-    /// Pods on their way: listed as starting, or members never healthy yet.
-    pub fn starting(&self) -> usize {
+    /// Pods on their way at `now`: listed as starting, or members never
+    /// healthy yet, for at most `sessionPlacement.startingFor` since listed.
+    pub fn starting(&self, now: Instant) -> usize {
+        let grace = self.sticky.as_ref().map_or(
+            crate::config::SessionPlacement::default().starting_for,
+            |s| s.settings.placement.starting_for,
+        );
         self.starting_listed
+            .iter()
+            .filter(|t| now.saturating_duration_since(**t) < grace)
+            .count()
             + self
                 .members
                 .iter()
-                .filter(|m| m.state.is_starting())
+                .filter(|m| m.state.is_starting(now, grace))
                 .count()
     }
 
     /// Where a request that will create a session goes: by live sessions
-    /// and load together among available endpoints below the in-flight
-    /// limit ([`balance::placement`]); `Hold` while pods are starting and
-    /// every ready one holds its share, when `may_hold`. `waiting` other new
-    /// sessions are waiting for starting pods.
-    /// The session began waiting at `since` (pods ready since are the
-    /// capacity it waited for).
+    /// (in-flight requests breaking ties) among available endpoints below
+    /// the in-flight limit ([`balance::placement`]); `Hold` while pods are
+    /// starting and every ready one holds its share, during a login surge,
+    /// or while the pods with the fewest sessions are full, when
+    /// `may_hold`. `waiting` other new sessions are waiting; the session
+    /// began waiting at `since` (pods ready since are the capacity it
+    /// waited for).
     pub fn place_session(
         &self,
         now: Instant,
@@ -165,34 +175,11 @@ impl PoolRuntime {
         waiting: u64,
         entropy: u64,
     ) -> SessionHome {
-        self.place(now, since, may_hold.then_some(waiting), None, entropy)
-    }
-
-    /// The best home for a session leaving `from` (never held).
-    pub fn place_session_excluding(
-        &self,
-        now: Instant,
-        from: &Arc<EndpointState>,
-        entropy: u64,
-    ) -> SessionHome {
-        self.place(now, now, None, Some(from), entropy)
-    }
-
-    /// Places among available endpoints but `exclude`; `hold` is the number
-    /// of other waiting births when the session may wait for starting pods.
-    fn place(
-        &self,
-        now: Instant,
-        since: Instant,
-        hold: Option<u64>,
-        exclude: Option<&Arc<EndpointState>>,
-        entropy: u64,
-    ) -> SessionHome {
         let limit = self.settings.max_in_flight_per_endpoint;
         let mut index = Vec::with_capacity(self.members.len());
         let mut homes = Vec::with_capacity(self.members.len());
         for (i, m) in self.members.iter().enumerate() {
-            if !m.state.is_available(now) || exclude.is_some_and(|e| Arc::ptr_eq(e, &m.state)) {
+            if !m.state.is_available(now) {
                 continue;
             }
             let in_flight = m.state.in_flight();
@@ -205,20 +192,34 @@ impl PoolRuntime {
                 fresh: m.state.ready_after(since),
             });
         }
-        let starting = self.starting();
-        match balance::placement::place(
-            &homes,
-            starting,
-            hold.unwrap_or(0),
-            hold.is_some(),
-            entropy,
-        ) {
+        let max_wait = self
+            .sticky
+            .as_ref()
+            .map_or(Duration::ZERO, |s| s.settings.placement.max_wait);
+        let patience = balance::placement::Patience {
+            may_hold: may_hold && !max_wait.is_zero(),
+            surge_window: self.live.surge_window(homes.len(), waiting, max_wait, now),
+        };
+        match balance::placement::place(&homes, self.starting(now), waiting, patience, entropy) {
             Some(balance::placement::Placement::Hold) => SessionHome::Hold,
             Some(balance::placement::Placement::At(h)) => {
                 SessionHome::At(self.members[index[h]].state.clone())
             }
             None => SessionHome::Anywhere,
         }
+    }
+
+    /// The endpoint a session leaving the overloaded `from` goes to: the
+    /// least loaded other one (by in-flight requests, slow start included),
+    /// if it is lighter than `from` even after taking this request.
+    pub fn relief_for(
+        &self,
+        now: Instant,
+        from: &Arc<EndpointState>,
+    ) -> Option<Arc<EndpointState>> {
+        let exclude: Vec<usize> = self.index_of(from).into_iter().collect();
+        let to = &self.members[self.pick(now, &exclude, fastrand::u64(..))?].state;
+        (to.in_flight() + 1 < from.in_flight()).then(|| to.clone())
     }
 
     /// Whether an established session on `pinned` should move elsewhere
@@ -289,7 +290,7 @@ pub struct PoolMetrics {
     pub birth_hold: Histogram,
     /// Established sessions moved off an overloaded pod (`mobility: shared`).
     pub sessions_moved: Counter,
-    /// Pods starting (listed, not ready yet).
+    /// Pods starting (listed, not ready yet; see [`PoolRuntime::starting`]).
     pub starting: Gauge,
 }
 
@@ -347,6 +348,11 @@ pub struct PoolLive {
     pub births_waiting: std::sync::atomic::AtomicU64,
     /// Woken when the endpoints change (a starting pod may be ready).
     pub capacity: tokio::sync::Notify,
+    /// When the current login surge began ([`crate::endpoint::clock`]), 0
+    /// when none.
+    surge_since: std::sync::atomic::AtomicU64,
+    /// When each address listed as starting was first seen so.
+    starting_seen: Mutex<HashMap<String, Instant>>,
     /// Whether traffic currently goes to the backup pool.
     on_backup: AtomicBool,
     /// Metric handles.
@@ -397,7 +403,10 @@ impl PoolLive {
                         want.other_births,
                         fastrand::u64(..),
                     ) {
-                        SessionHome::At(home) => home.try_start_request(limit),
+                        SessionHome::At(home) => home.try_start_request(limit).map(|mut g| {
+                            g.mark_birth();
+                            g
+                        }),
                         SessionHome::Hold => None,
                         SessionHome::Anywhere => pool.reserve(now, &[]).map(|(_, guard)| guard),
                     }
@@ -405,6 +414,43 @@ impl PoolLive {
                 // Its pod is gone or unhealthy: the session moves anyway.
                 _ => pool.reserve(now, &[]).map(|(_, guard)| guard),
             });
+    }
+
+    /// Whether a login surge (`waiting` new sessions over `ready` pods)
+    /// may still wait for a scale-out at `now`: for `max_wait` from the
+    /// surge's start. A surge ends when no new session waits, so a steady
+    /// stream of logins waits at most once.
+    pub fn surge_window(
+        &self,
+        ready: usize,
+        waiting: u64,
+        max_wait: Duration,
+        now: Instant,
+    ) -> bool {
+        let since = &self.surge_since;
+        if !balance::placement::is_surge(ready, waiting) {
+            if waiting == 0 {
+                since.store(0, Ordering::Relaxed);
+            }
+            return false;
+        }
+        let stamp = crate::endpoint::clock(now);
+        let began = match since.compare_exchange(0, stamp, Ordering::AcqRel, Ordering::Relaxed) {
+            Ok(_) => stamp,
+            Err(began) => began,
+        };
+        Duration::from_nanos(stamp.saturating_sub(began)) < max_wait
+    }
+
+    /// The first-listed times of the addresses listed as starting now
+    /// (others are forgotten).
+    fn starting_since(&self, addresses: &[&str], now: Instant) -> Vec<Instant> {
+        let mut seen = self.starting_seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.retain(|a, _| addresses.contains(&a.as_str()));
+        addresses
+            .iter()
+            .map(|a| *seen.entry((*a).to_string()).or_insert(now))
+            .collect()
     }
 
     /// Whether traffic currently goes to the backup pool.
@@ -484,6 +530,8 @@ impl Pools {
             ),
             births_waiting: std::sync::atomic::AtomicU64::new(0),
             capacity: tokio::sync::Notify::new(),
+            surge_since: std::sync::atomic::AtomicU64::new(0),
+            starting_seen: Mutex::default(),
             on_backup: AtomicBool::new(false),
             metrics: PoolMetrics {
                 responses: CODE_CLASSES.map(|c| {
@@ -647,11 +695,12 @@ impl Snapshot {
                     .partition(|e| e.starting);
             // A pod that served before and is not ready now (failing its
             // readiness probe) is not capacity on its way.
-            let starting_listed = starting
+            let starting: Vec<&str> = starting
                 .iter()
                 .filter(|e| !inputs.endpoints.contains(name, &e.address))
-                .count();
-            live.metrics.starting.set(starting_listed as i64);
+                .map(|e| e.address.as_str())
+                .collect();
+            let starting_listed = live.starting_since(&starting, now);
             if let Some(st) = &pool.sticky {
                 live.sessions.set_live_for(st.placement.live_for);
             }
@@ -712,6 +761,7 @@ impl Snapshot {
         }
         for rt in &runtimes {
             rt.live.current.store(Some(rt.clone()));
+            rt.live.metrics.starting.set(rt.starting(now) as i64);
         }
         let index: HashMap<&str, usize> = names
             .iter()

@@ -75,7 +75,9 @@ async fn new_sessions_go_to_the_pod_with_the_fewest() {
             "sessions on {name}"
         );
     }
-    let status = common::endpoint_json(&tb, "web", &a.address()).await.unwrap();
+    let status = common::endpoint_json(&tb, "web", &a.address())
+        .await
+        .unwrap();
     assert_eq!(status["sessions"], 10, "{status}");
     // Returning learners stay where they are and count once.
     for l in &mut learners {
@@ -106,9 +108,6 @@ async fn a_new_session_waits_for_a_starting_pod_and_is_born_there() {
     ))
     .await;
     let c = client();
-    // The first session is a's share of 2 pods.
-    let mut first = Learner::default();
-    assert_eq!(first.read(&c, &tb.url("/")).await.0, "a");
     assert_eq!(
         metric(
             &tb,
@@ -118,22 +117,27 @@ async fn a_new_session_waits_for_a_starting_pod_and_is_born_there() {
         .await,
         Some(1.0)
     );
-    assert_eq!(common::status(&tb).await["pools"][0]["startingEndpoints"], 1);
-    // The second waits for b, which turns ready 400 ms later.
-    let mut second = Learner::default();
+    assert_eq!(
+        common::status(&tb).await["pools"][0]["startingEndpoints"],
+        1
+    );
+    // One session over a ready and a starting pod: a's share is a half, so
+    // the first session waits for b, which turns ready 400 ms later.
+    let mut first = Learner::default();
     let url = tb.url("/");
     let waiting = tokio::spawn(async move {
         let c = client();
-        second.read(&c, &url).await
+        let got = first.read(&c, &url).await;
+        (first, got)
     });
     tokio::time::sleep(Duration::from_millis(400)).await;
-    assert!(!waiting.is_finished(), "the second session did not wait");
+    assert!(!waiting.is_finished(), "the new session did not wait");
     std::fs::write(
         &file,
         format!("- \"{}\"\n- \"{}\"\n", a.address(), b.address()),
     )
     .unwrap();
-    let (pod, took) = waiting.await.unwrap();
+    let (mut first, (pod, took)) = waiting.await.unwrap();
     assert_eq!(pod, "b", "born on the pod that was starting");
     assert!(took >= Duration::from_millis(400), "{took:?}");
     assert!(took < Duration::from_secs(5), "{took:?}");
@@ -146,11 +150,22 @@ async fn a_new_session_waits_for_a_starting_pod_and_is_born_there() {
         .await,
         Some(1.0)
     );
-    // Established sessions never wait: the first learner is served at once.
+    // Nothing starts now: the next session goes to a (fewer sessions) at once.
+    let (pod, took) = Learner::default().read(&c, &tb.url("/")).await;
+    assert_eq!(pod, "a");
+    assert!(took < Duration::from_millis(300), "{took:?}");
+    // Established sessions never wait: with a pod starting again, the first
+    // learner is served by b at once.
     std::fs::write(&file, starting.replace(&b.address(), "127.0.0.1:9")).unwrap();
+    let file_b = format!(
+        "- \"{}\"\n- \"{}\"\n- {{address: \"127.0.0.1:9\", starting: true}}\n",
+        a.address(),
+        b.address()
+    );
+    std::fs::write(&file, file_b).unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (pod, took) = first.read(&c, &tb.url("/")).await;
-    assert_eq!(pod, "a");
+    assert_eq!(pod, "b");
     assert!(took < Duration::from_millis(300), "{took:?}");
 }
 

@@ -167,6 +167,14 @@ impl Sim {
         });
         match (cookie, known) {
             (Some(_), true) if path != "/login" => (None, "resumed"),
+            (Some(old), true) => {
+                // A login regenerates the id (as PHP does); the old one goes.
+                self.local
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(old);
+                (Some(self.new_session()), "new")
+            }
             (Some(_), false) => {
                 self.lost.fetch_add(1, Ordering::Relaxed);
                 (Some(self.new_session()), "lost")

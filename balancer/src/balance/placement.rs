@@ -57,19 +57,31 @@ pub enum Placement {
     Hold,
 }
 
+/// What a new session may wait for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Patience {
+    /// It has not waited its longest yet.
+    pub may_hold: bool,
+    /// The pool's login surge began less than the longest wait ago: the
+    /// surge may wait for a scale-out (once per surge, so a steady stream of
+    /// logins never waits for a scale-out that is not coming).
+    pub surge_window: bool,
+}
+
 /// Places a new session among `homes`, with `starting` pods on their way
-/// and `waiting` other new sessions already waiting for them. `may_hold` is
-/// false once the session has waited its longest. `None` when there is no
-/// home and nothing to wait for.
+/// and `waiting` other new sessions already waiting for them. `None` when
+/// there is no home and nothing to wait for, or every home is full and the
+/// session may not wait.
 pub fn place(
     homes: &[Home],
     starting: usize,
     waiting: u64,
-    may_hold: bool,
+    patience: Patience,
     entropy: u64,
 ) -> Option<Placement> {
+    let may_hold = patience.may_hold;
     let surge =
-        !homes.is_empty() && waiting >= homes.len() as u64 && !homes.iter().any(|h| h.fresh);
+        patience.surge_window && is_surge(homes.len(), waiting) && !homes.iter().any(|h| h.fresh);
     let holding = may_hold && (starting > 0 || surge);
     if holding && starting == 0 {
         // A login surge with no pod on its way yet: wait for the scale-out.
@@ -105,15 +117,24 @@ pub fn place(
         // than the others is no reason to pin a session there for good.
         let per_weight = |h: &Home| h.sessions as f64 / h.weight;
         let fewest = homes.iter().map(per_weight).fold(f64::INFINITY, f64::min);
-        let slack = (fewest * NEAR_FEWEST).max(1.0);
         (0..homes.len())
-            .filter(|&i| homes[i].open && per_weight(&homes[i]) <= fewest + slack / homes[i].weight)
+            .filter(|&i| {
+                let h = &homes[i];
+                // Slack in the same per-weight units: a tenth, or one session.
+                h.open && per_weight(h) <= fewest + (fewest * NEAR_FEWEST).max(1.0 / h.weight)
+            })
             .collect()
     } else {
         (0..homes.len()).filter(|&i| homes[i].open).collect()
     };
     if eligible.is_empty() {
         return (holding || (may_hold && !homes.is_empty())).then_some(Placement::Hold);
+    }
+    // A pod that turned ready while the session waited is what it waited
+    // for: it goes there.
+    let mut eligible = eligible;
+    if eligible.iter().any(|&i| homes[i].fresh) {
+        eligible.retain(|&i| homes[i].fresh);
     }
     // Sessions first (the load to come), in-flight requests break ties (a
     // birth on its way is both a session and a request: counting the two
@@ -131,6 +152,12 @@ pub fn place(
     LeastConnections
         .pick(&candidates, entropy)
         .map(|c| Placement::At(eligible[c]))
+}
+
+/// Whether `waiting` new sessions make a login surge over `ready` pods: at
+/// least one waiting per ready pod.
+pub fn is_surge(ready: usize, waiting: u64) -> bool {
+    ready > 0 && waiting >= ready as u64
 }
 
 /// Whether a session pinned to an endpoint with `in_flight` requests should
@@ -159,20 +186,28 @@ mod tests {
         }
     }
 
+    /// Patience with the surge window open.
+    fn p(may_hold: bool) -> Patience {
+        Patience {
+            may_hold,
+            surge_window: true,
+        }
+    }
+
     fn spread(e: u64) -> u64 {
         e.wrapping_mul(0x9E37_79B9_7F4A_7C15)
     }
 
     #[test]
     fn nothing_to_place_on_and_nothing_coming() {
-        assert_eq!(place(&[], 0, 0, true, 1), None);
+        assert_eq!(place(&[], 0, 0, p(true), 1), None);
         assert_eq!(
-            place(&[], 0, 5, true, 1),
+            place(&[], 0, 5, p(true), 1),
             None,
             "no pod: no surge to wait out"
         );
-        assert_eq!(place(&[], 3, 0, false, 1), None);
-        assert_eq!(place(&[], 3, 0, true, 1), Some(Placement::Hold));
+        assert_eq!(place(&[], 3, 0, p(false), 1), None);
+        assert_eq!(place(&[], 3, 0, p(true), 1), Some(Placement::Hold));
     }
 
     #[test]
@@ -180,7 +215,10 @@ mod tests {
         // In-flight alone would pick 0; its 9 sessions say it will be busy.
         let homes = [h(9, 0), h(2, 1), h(5, 0)];
         for e in 0..20 {
-            assert_eq!(place(&homes, 0, 0, true, spread(e)), Some(Placement::At(1)));
+            assert_eq!(
+                place(&homes, 0, 0, p(true), spread(e)),
+                Some(Placement::At(1))
+            );
         }
     }
 
@@ -189,11 +227,14 @@ mod tests {
         // Fewer sessions wins even when busier now: the sessions are the
         // load to come, and a new pod's first births are all in flight.
         let homes = [h(3, 4), h(4, 0)];
-        assert_eq!(place(&homes, 0, 0, true, 7), Some(Placement::At(0)));
+        assert_eq!(place(&homes, 0, 0, p(true), 7), Some(Placement::At(0)));
         // Equal sessions: the less busy one.
         let homes = [h(4, 3), h(4, 1)];
         for e in 0..20 {
-            assert_eq!(place(&homes, 0, 0, true, spread(e)), Some(Placement::At(1)));
+            assert_eq!(
+                place(&homes, 0, 0, p(true), spread(e)),
+                Some(Placement::At(1))
+            );
         }
     }
 
@@ -210,7 +251,7 @@ mod tests {
                 ..h(6, 0)
             },
         ];
-        assert_eq!(place(&homes, 0, 0, true, 7), Some(Placement::At(1)));
+        assert_eq!(place(&homes, 0, 0, p(true), 7), Some(Placement::At(1)));
     }
 
     #[test]
@@ -218,26 +259,26 @@ mod tests {
         // With 10 others already waiting, the share is (8 + 10 + 1) / 8 =
         // 2.4: still below the ready pods' 4.
         assert_eq!(
-            place(&[h(4, 0), h(4, 0)], 6, 10, true, 7),
+            place(&[h(4, 0), h(4, 0)], 6, 10, p(true), 7),
             Some(Placement::Hold)
         );
         // With 40 waiting it is 6.1: a ready pod takes this one.
         assert!(matches!(
-            place(&[h(4, 0), h(4, 0)], 6, 40, true, 7),
+            place(&[h(4, 0), h(4, 0)], 6, 40, p(true), 7),
             Some(Placement::At(_))
         ));
         // 2 ready pods with 4 sessions each, 6 starting: the share of 9
         // sessions over 8 pods is 1.1 each, so the 9th waits.
         let homes = [h(4, 1), h(4, 0)];
-        assert_eq!(place(&homes, 6, 0, true, 7), Some(Placement::Hold));
+        assert_eq!(place(&homes, 6, 0, p(true), 7), Some(Placement::Hold));
         // Past its longest wait it is born on a ready pod after all.
         assert!(matches!(
-            place(&homes, 6, 0, false, 7),
+            place(&homes, 6, 0, p(false), 7),
             Some(Placement::At(_))
         ));
         // Nothing starting: no reason to wait.
         assert!(matches!(
-            place(&homes, 0, 0, true, 7),
+            place(&homes, 0, 0, p(true), 7),
             Some(Placement::At(_))
         ));
     }
@@ -246,10 +287,10 @@ mod tests {
     fn a_ready_pod_below_its_share_still_takes_births() {
         // 8 sessions (+1) over 4 pods: a share of 2.25.
         let homes = [h(7, 0), h(1, 0)];
-        assert_eq!(place(&homes, 2, 0, true, 7), Some(Placement::At(1)));
+        assert_eq!(place(&homes, 2, 0, p(true), 7), Some(Placement::At(1)));
         // 9 (+1) over 4: 2.5, and a third session would be above it.
         let homes = [h(7, 0), h(2, 0)];
-        assert_eq!(place(&homes, 2, 0, true, 7), Some(Placement::Hold));
+        assert_eq!(place(&homes, 2, 0, p(true), 7), Some(Placement::Hold));
     }
 
     #[test]
@@ -261,7 +302,7 @@ mod tests {
         let mut starting = 6;
         let mut held = 0;
         for e in 0..42u64 {
-            match place(&ready, starting, held, true, spread(e)).unwrap() {
+            match place(&ready, starting, held, p(true), spread(e)).unwrap() {
                 Placement::At(i) => ready[i].sessions += 1,
                 Placement::Hold => held += 1,
             }
@@ -269,10 +310,7 @@ mod tests {
         // Counting the waiting births, the ready pods take their share of
         // 50 over 8 pods (6.25) rather than stay at 4.
         let ready_sessions: Vec<u64> = ready.iter().map(|h| h.sessions).collect();
-        assert!(
-            ready_sessions.iter().all(|&n| n == 6),
-            "{ready_sessions:?}"
-        );
+        assert!(ready_sessions.iter().all(|&n| n == 6), "{ready_sessions:?}");
         assert_eq!(ready.iter().map(|h| h.sessions).sum::<u64>() + held, 50);
         // The starting pods turn ready (after the births began waiting);
         // the held births are placed.
@@ -283,7 +321,7 @@ mod tests {
         ready.extend(std::iter::repeat_n(fresh, 6));
         starting = 0;
         for e in 0..held {
-            match place(&ready, starting, held - e - 1, true, spread(e)).unwrap() {
+            match place(&ready, starting, held - e - 1, p(true), spread(e)).unwrap() {
                 Placement::At(i) => ready[i].sessions += 1,
                 Placement::Hold => unreachable!("nothing is starting"),
             }
@@ -298,23 +336,47 @@ mod tests {
         let homes = [h(4, 2), h(4, 2)];
         // One other new session waiting: an ordinary burst, placed now.
         assert!(matches!(
-            place(&homes, 0, 1, true, 7),
+            place(&homes, 0, 1, p(true), 7),
             Some(Placement::At(_))
         ));
         // As many waiting as there are ready pods: a surge; wait for pods.
-        assert_eq!(place(&homes, 0, 2, true, 7), Some(Placement::Hold));
+        assert_eq!(place(&homes, 0, 2, p(true), 7), Some(Placement::Hold));
         // Until the longest wait is over.
         assert!(matches!(
-            place(&homes, 0, 2, false, 7),
+            place(&homes, 0, 2, p(false), 7),
             Some(Placement::At(_))
         ));
+        // Or once the surge's window is over.
+        let late = Patience {
+            may_hold: true,
+            surge_window: false,
+        };
+        assert!(matches!(
+            place(&homes, 0, 2, late, 7),
+            Some(Placement::At(_))
+        ));
+        // A pod that turned ready while it waited wins a tie.
+        let quiet = [
+            h(0, 0),
+            h(0, 0),
+            Home {
+                fresh: true,
+                ..h(0, 0)
+            },
+        ];
+        for e in 0..20 {
+            assert_eq!(
+                place(&quiet, 0, 0, p(true), spread(e)),
+                Some(Placement::At(2))
+            );
+        }
         // Or until a pod turns ready: it takes them (fewest sessions).
         let fresh = Home {
             fresh: true,
             ..h(0, 0)
         };
         assert_eq!(
-            place(&[homes[0], homes[1], fresh], 0, 5, true, 7),
+            place(&[homes[0], homes[1], fresh], 0, 5, p(true), 7),
             Some(Placement::At(2))
         );
     }
@@ -328,16 +390,16 @@ mod tests {
         // The open pod holds 5 more sessions: wait for the fuller one's slot
         // while it may wait, then take the open one.
         assert_eq!(
-            place(&[full, h(5, 0)], 0, 0, true, 7),
+            place(&[full, h(5, 0)], 0, 0, p(true), 7),
             Some(Placement::Hold)
         );
         assert_eq!(
-            place(&[full, h(5, 0)], 0, 0, false, 7),
+            place(&[full, h(5, 0)], 0, 0, p(false), 7),
             Some(Placement::At(1))
         );
         // Within one session of the fewest: no reason to wait.
         assert_eq!(
-            place(&[full, h(1, 0)], 0, 0, true, 7),
+            place(&[full, h(1, 0)], 0, 0, p(true), 7),
             Some(Placement::At(1))
         );
         // Within a tenth of the fewest.
@@ -346,16 +408,29 @@ mod tests {
             ..h(100, 2)
         };
         assert_eq!(
-            place(&[full, h(110, 0)], 0, 0, true, 7),
+            place(&[full, h(110, 0)], 0, 0, p(true), 7),
             Some(Placement::At(1))
         );
         assert_eq!(
-            place(&[full, h(112, 0)], 0, 0, true, 7),
+            place(&[full, h(112, 0)], 0, 0, p(true), 7),
             Some(Placement::Hold)
         );
-        assert_eq!(place(&[full], 0, 0, false, 7), None);
-        assert_eq!(place(&[full], 0, 0, true, 7), Some(Placement::Hold));
-        assert_eq!(place(&[full], 2, 0, true, 7), Some(Placement::Hold));
+        // The same with the default weight of 100.
+        let w = |home: Home| Home {
+            weight: 100.0,
+            ..home
+        };
+        assert_eq!(
+            place(&[w(full), w(h(110, 0))], 0, 0, p(true), 7),
+            Some(Placement::At(1))
+        );
+        assert_eq!(
+            place(&[w(full), w(h(112, 0))], 0, 0, p(true), 7),
+            Some(Placement::Hold)
+        );
+        assert_eq!(place(&[full], 0, 0, p(false), 7), None);
+        assert_eq!(place(&[full], 0, 0, p(true), 7), Some(Placement::Hold));
+        assert_eq!(place(&[full], 2, 0, p(true), 7), Some(Placement::Hold));
     }
 
     #[test]

@@ -348,6 +348,9 @@ pub struct SessionPlacement {
     pub max_wait: Duration,
     /// A session idle this long no longer counts on its pod.
     pub live_for: Duration,
+    /// A pod still unready this long after it was listed (crash-looping,
+    /// stuck) no longer counts as starting.
+    pub starting_for: Duration,
 }
 
 impl Default for SessionPlacement {
@@ -355,6 +358,7 @@ impl Default for SessionPlacement {
         Self {
             max_wait: Duration::from_secs(3),
             live_for: Duration::from_secs(10 * 60),
+            starting_for: Duration::from_secs(2 * 60),
         }
     }
 }

@@ -264,6 +264,9 @@ pub struct RawSessionPlacement {
     /// A session idle this long no longer counts on its pod.
     #[serde(default)]
     pub live_for: Option<String>,
+    /// A pod unready this long after it was listed is no longer waited for.
+    #[serde(default)]
+    pub starting_for: Option<String>,
 }
 
 /// Slow-start settings.

@@ -1097,6 +1097,18 @@ fn rejects_bad_session_placement() {
         "out of range",
     );
     rejects(
+        &pool(
+            "    stickySessions: {sessionPlacement: {maxWait: 5s}}\n    maxInFlightPerEndpoint: 2\n    queue: {maxLength: 10, timeout: 5s}\n",
+        ),
+        "pools.web.stickySessions.sessionPlacement.maxWait",
+        "not below the queue timeout 5s",
+    );
+    rejects(
+        &pool("    stickySessions: {sessionPlacement: {startingFor: 2h}}\n"),
+        "pools.web.stickySessions.sessionPlacement.startingFor",
+        "out of range",
+    );
+    rejects(
         &pool("    stickySessions: {sessionPlacement: {liveFor: 1s}}\n"),
         "pools.web.stickySessions.sessionPlacement.liveFor",
         "out of range",
@@ -1104,7 +1116,7 @@ fn rejects_bad_session_placement() {
     rejects(
         &pool("    stickySessions: {sessionPlacement: {maxWiat: 1s}}\n"),
         "pools.web.stickySessions.sessionPlacement.maxWiat",
-        "expected one of maxWait, liveFor",
+        "expected one of maxWait, liveFor, startingFor",
     );
 }
 

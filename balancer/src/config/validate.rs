@@ -359,7 +359,7 @@ fn pool(name: String, p: RawPool, at: &str, base: &Path) -> Result<Pool> {
         }
         endpoints.push(spec);
     }
-    Ok(Pool {
+    let pool = Pool {
         name,
         balance,
         endpoints,
@@ -423,7 +423,20 @@ fn pool(name: String, p: RawPool, at: &str, base: &Path) -> Result<Pool> {
             Duration::from_secs(30),
             bounds::POOL_DRAIN,
         )?,
-    })
+    };
+    if let (Some(st), Some(q)) = (&pool.sticky, &pool.queue)
+        && st.placement.max_wait >= q.timeout
+    {
+        return Err(FieldError::new(
+            format!("{at}.stickySessions.sessionPlacement.maxWait"),
+            format!(
+                "{} is not below the queue timeout {}: a new session waiting for starting pods would time out instead of being placed; make it shorter",
+                crate::config::units::format_duration(st.placement.max_wait),
+                crate::config::units::format_duration(q.timeout),
+            ),
+        ));
+    }
+    Ok(pool)
 }
 
 fn discovery(raw: &RawEndpoints, at: &str, base: &Path) -> Result<Discovery> {
@@ -629,6 +642,12 @@ fn sticky(raw: RawSticky, at: &str, base: &Path) -> Result<Sticky> {
                 &format!("{at}.sessionPlacement.liveFor"),
                 defaults.live_for,
                 bounds::SESSION_LIVE_FOR,
+            )?,
+            starting_for: duration_in(
+                p.starting_for,
+                &format!("{at}.sessionPlacement.startingFor"),
+                defaults.starting_for,
+                bounds::STARTING_FOR,
             )?,
         },
     };
@@ -1116,6 +1135,8 @@ pub(crate) mod bounds {
     pub const BALANCE_FACTOR: (f64, f64) = (1.05, 10.0);
     /// `stickySessions.sessionPlacement.maxWait`.
     pub const PLACEMENT_WAIT: (Duration, Duration) = (Duration::ZERO, secs(MIN));
+    /// `stickySessions.sessionPlacement.startingFor`.
+    pub const STARTING_FOR: (Duration, Duration) = (secs(1), secs(HOUR));
     /// `stickySessions.sessionPlacement.liveFor`.
     pub const SESSION_LIVE_FOR: (Duration, Duration) = (secs(10), secs(DAY));
     /// `slowStart.window`.

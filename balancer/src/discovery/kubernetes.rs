@@ -53,9 +53,16 @@ pub fn endpoints_of<'a>(
                 } else {
                     format!("{ip}:{number}")
                 };
+                // Ready anywhere wins, then draining, then starting.
+                let rank = |(draining, starting): (bool, bool)| match (draining, starting) {
+                    (false, false) => 0,
+                    (true, _) => 1,
+                    (false, true) => 2,
+                };
                 let entry = out.entry(address).or_insert(state);
-                entry.0 &= state.0;
-                entry.1 &= state.1;
+                if rank(state) < rank(*entry) {
+                    *entry = state;
+                }
             }
         }
     }
@@ -214,5 +221,10 @@ mod tests {
         let starting = slice(vec![ep("10.0.0.1", Some(false), Some(false), Some(false))]);
         let got = endpoints_of([&starting, &b], &KubernetesPort::Name("http".into()));
         assert!(!got[0].starting, "ready in one slice: not starting");
+        let got = endpoints_of([&starting, &a], &KubernetesPort::Name("http".into()));
+        assert!(
+            got[0].draining && !got[0].starting,
+            "draining in one slice, starting in another: draining"
+        );
     }
 }

@@ -78,8 +78,8 @@ impl Discovered {
     }
 
     /// The union of every source's list for `pool`: an address reported
-    /// twice keeps the first source's weight, and is draining (or starting)
-    /// only if every source says so.
+    /// twice keeps the first source's weight, and is ready if any source
+    /// says so, else draining if any says so, else starting.
     pub fn endpoints(&self, pool: &str) -> Vec<EndpointSpec> {
         let lists = self.lists.lock().unwrap_or_else(|p| p.into_inner());
         let mut keys: Vec<_> = lists.keys().filter(|(p, _)| p == pool).collect();
@@ -88,9 +88,17 @@ impl Discovered {
         for key in keys {
             for e in &lists[key] {
                 match out.iter_mut().find(|o| o.address == e.address) {
+                    // Ready in any source wins, then draining, then starting.
                     Some(existing) => {
-                        existing.draining &= e.draining;
-                        existing.starting &= e.starting;
+                        let rank = |e: &EndpointSpec| match (e.draining, e.starting) {
+                            (false, false) => 0,
+                            (true, _) => 1,
+                            (false, true) => 2,
+                        };
+                        if rank(e) < rank(existing) {
+                            existing.draining = e.draining;
+                            existing.starting = e.starting;
+                        }
                     }
                     None => out.push(e.clone()),
                 }

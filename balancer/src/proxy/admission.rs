@@ -102,13 +102,26 @@ impl Drop for HeldBirth<'_> {
 /// Where placement sent a request that will create a sticky session.
 #[derive(Debug)]
 pub enum Born {
-    /// On this endpoint.
+    /// On this endpoint (if it still has a slot; else it queues as
+    /// [`Birth::Queued`]).
     At(Arc<EndpointState>),
     /// To the surge queue, whose dispatch places it when a home frees or a
     /// starting pod turns ready.
-    Queued,
+    Queued(Birth),
     /// Anywhere, as any request (every endpoint at its limit, no queue).
     Anywhere,
+}
+
+/// How a new session enters the surge queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Birth {
+    /// Not a new session.
+    No,
+    /// Behind others, or every home with about the fewest sessions is full.
+    Queued,
+    /// Held for starting pods or a login surge's scale-out (counted in
+    /// `session_births_held_total`).
+    Held,
 }
 
 /// The home of a request that will create a sticky session (see
@@ -121,17 +134,18 @@ pub async fn place_session(pool: &PoolRuntime) -> (Born, Option<Arc<PoolRuntime>
     let Some(st) = &pool.sticky else {
         return (Born::Anywhere, None);
     };
+    let max_wait = st.settings.placement.max_wait;
     if pool.settings.queue.is_some() {
         let now = Instant::now();
-        let born =
-            match pool.place_session(now, now, true, pool.live.queue.births(), fastrand::u64(..)) {
-                SessionHome::At(home) if !pool.live.queue.has_waiters() => Born::At(home),
-                SessionHome::At(_) | SessionHome::Hold => Born::Queued,
-                SessionHome::Anywhere => Born::Anywhere,
-            };
+        let queue = &pool.live.queue;
+        let born = match pool.place_session(now, now, true, queue.births(), fastrand::u64(..)) {
+            SessionHome::At(home) if !queue.has_waiters() => Born::At(home),
+            SessionHome::At(_) => Born::Queued(Birth::Queued),
+            SessionHome::Hold => Born::Queued(Birth::Held),
+            SessionHome::Anywhere => Born::Anywhere,
+        };
         return (born, None);
     }
-    let max_wait = st.settings.placement.max_wait;
     let started = Instant::now();
     let mut current: Option<Arc<PoolRuntime>> = None;
     let mut held: Option<HeldBirth<'_>> = None;
@@ -139,6 +153,7 @@ pub async fn place_session(pool: &PoolRuntime) -> (Born, Option<Arc<PoolRuntime>
         let rt = current.as_deref().unwrap_or(pool);
         let now = Instant::now();
         let waited = now.saturating_duration_since(started);
+        // Only births held for starting pods count as waiting (a surge).
         let others = pool
             .live
             .births_waiting
@@ -175,7 +190,7 @@ pub async fn admit(
     pool: &PoolRuntime,
     pinned: Option<&Arc<EndpointState>>,
     class: Class,
-    birth: bool,
+    birth: Birth,
 ) -> Result<InFlight, Response<ProxyBody>> {
     let now = Instant::now();
     let queue = &pool.live.queue;
@@ -189,13 +204,15 @@ pub async fn admit(
         }
         // FIFO: while others wait, newcomers queue behind them.
         None => {
-            if !birth
+            if birth == Birth::No
                 && !queue.has_waiters()
                 && let Some((_, guard)) = pool.reserve(now, &[])
             {
                 return Ok(guard);
             }
-            if !pool.has_available(now) {
+            // A new session may wait for pods that are starting.
+            let coming = birth != Birth::No && pool.starting(now) > 0;
+            if !pool.has_available(now) && !coming {
                 return Err(no_healthy_endpoint(pool));
             }
         }
@@ -219,17 +236,18 @@ pub async fn admit(
     let _waiting_metrics = WaitMetrics::start(pool);
     // A slot may have freed between the reservation attempt and enqueueing.
     pool.live.slot_freed();
+    // Validation keeps `maxWait` below the queue timeout.
     let hold = pool
         .sticky
         .as_ref()
-        .filter(|_| birth)
+        .filter(|_| birth != Birth::No)
         .map(|st| st.settings.placement.max_wait)
-        .filter(|w| *w < settings.timeout);
+        .filter(|w| !w.is_zero() && *w < settings.timeout);
     let outcome = match hold {
-        // Held for starting pods: when the longest hold is over, the queue
-        // must look again even if no slot frees meanwhile.
+        // A new session may be held for a home: when the longest hold is
+        // over, the queue must look again even if no slot frees meanwhile.
         Some(hold) => {
-            let _held = HeldBirth::start(&pool.live);
+            let _held = (birth == Birth::Held).then(|| HeldBirth::start(&pool.live));
             match tokio::time::timeout(hold, &mut waiting.slot).await {
                 Ok(done) => Ok(done),
                 Err(_) => {

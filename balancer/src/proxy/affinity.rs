@@ -47,11 +47,6 @@ impl Affinity {
     pub fn is_birth(&self, pool: &PoolRuntime) -> bool {
         pool.sticky.is_some() && self.class() == crate::queue::Class::New
     }
-
-    /// Pins a new session to the home placement chose for it.
-    pub fn born_at(&mut self, home: Arc<EndpointState>) {
-        self.pinned = Some(home);
-    }
 }
 
 /// Splits our cookie's value into the endpoint id and the session tag; a
@@ -158,19 +153,15 @@ fn relieve(pool: &PoolRuntime, mut affinity: Affinity, now: Instant) -> Affinity
     if st.settings.mobility != crate::config::Mobility::Shared {
         return affinity;
     }
-    let Some(pinned) = &affinity.pinned else {
+    let Some(pinned) = affinity.pinned.clone() else {
         return affinity;
     };
-    if !pool.overloaded(pinned, st.settings.balance_factor, now) {
+    if !pool.overloaded(&pinned, st.settings.balance_factor, now) {
         return affinity;
     }
-    let from = pinned.clone();
-    if let crate::snapshot::SessionHome::At(to) =
-        pool.place_session_excluding(now, &from, fastrand::u64(..))
-    {
+    if let Some(to) = pool.relief_for(now, &pinned) {
         affinity.pinned = Some(to);
         affinity.moved = true;
-        pool.live.metrics.sessions_moved.inc();
     }
     affinity
 }
@@ -212,6 +203,12 @@ pub fn finish(
                         .insert(value.to_string(), served.address().to_string());
                     sessions.touch(value, served);
                     set_now = true;
+                    // A new id for the same learner (PHP regenerates it at
+                    // login): the old one is gone.
+                    if let Some(old) = affinity.app_value.as_deref().filter(|old| *old != value) {
+                        sessions.end(old);
+                        ended = true;
+                    }
                 } else if let Some(old) = &affinity.app_value {
                     // Logged out: the session no longer counts on its pod.
                     sessions.end(old);
@@ -258,7 +255,9 @@ pub fn finish(
             ),
         );
     }
-    sessions.sweep(Instant::now(), false);
+    if affinity.moved {
+        pool.live.metrics.sessions_moved.inc();
+    }
 }
 
 #[cfg(test)]

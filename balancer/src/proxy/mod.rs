@@ -304,7 +304,7 @@ async fn forward(
     }
     let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let body_empty = req.body().is_end_stream();
-    let mut affinity = affinity::resolve(pool, req.headers(), Instant::now());
+    let affinity = affinity::resolve(pool, req.headers(), Instant::now());
 
     let (mut parts, body) = req.into_parts();
     let upgrade_value = parts.headers.get(header::UPGRADE).cloned();
@@ -326,7 +326,8 @@ async fn forward(
     let is_birth = affinity.is_birth(pool);
     let placed_in;
     let mut pool = pool;
-    let mut queued_birth = false;
+    let mut birth = admission::Birth::No;
+    let mut first = None;
     if is_birth {
         let (born, current) = admission::place_session(pool).await;
         if let Some(current) = current {
@@ -334,8 +335,14 @@ async fn forward(
             pool = &placed_in;
         }
         match born {
-            admission::Born::At(home) => affinity.born_at(home),
-            admission::Born::Queued => queued_birth = true,
+            admission::Born::At(home) => {
+                match home.try_start_request(pool.settings.max_in_flight_per_endpoint) {
+                    Some(guard) => first = Some(guard),
+                    // Its home filled meanwhile: wait in the queue for one.
+                    None => birth = admission::Birth::Queued,
+                }
+            }
+            admission::Born::Queued(how) => birth = how,
             admission::Born::Anywhere => {}
         }
     }
@@ -343,12 +350,17 @@ async fn forward(
     // The first endpoint: the pinned one, else one picked by
     // least-connections; either within the in-flight limit, through the
     // surge queue.
-    let first = match admission::admit(pool, affinity.pinned.as_ref(), class, queued_birth).await {
-        Ok(guard) => guard,
-        Err(resp) => return resp,
+    let mut first = match first {
+        Some(guard) => guard,
+        None => match admission::admit(pool, affinity.pinned.as_ref(), class, birth).await {
+            Ok(guard) => guard,
+            Err(resp) => return resp,
+        },
     };
-    // Counted on its home until the response records the session.
-    let _birth = is_birth.then(|| first.endpoint().start_birth());
+    // Counted in its home's session load until it completes.
+    if is_birth {
+        first.mark_birth();
+    }
     let secure = conn.proto == "https";
     if let (Some(on_upgrade), Some(value)) = (on_upgrade, upgrade_value) {
         parts

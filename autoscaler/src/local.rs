@@ -71,6 +71,8 @@ pub struct LocalTarget {
     next_index: u64,
     http: Client<HttpConnector, Empty<Bytes>>,
     written: Option<Vec<serde_json::Value>>,
+    /// Live sticky sessions per endpoint address, as the balancer last said.
+    sessions: crate::scrape::Sessions,
 }
 
 /// Picks a free loopback port.
@@ -91,7 +93,14 @@ impl LocalTarget {
             next_index: 0,
             http: Client::builder(TokioExecutor::new()).build(connector),
             written: None,
+            sessions: crate::scrape::Sessions::new(),
         }
+    }
+
+    /// Records the live sticky sessions per endpoint the balancer reported,
+    /// so a scale-down stops the copies holding the fewest.
+    pub fn note_sessions(&mut self, sessions: crate::scrape::Sessions) {
+        self.sessions = sessions;
     }
 
     /// Replicas as the controller sees them: copies asked for, and ready.
@@ -169,17 +178,36 @@ impl LocalTarget {
             live_count += 1;
         }
         while live_count > self.want {
-            // Not-ready copies go first, then the newest.
+            // Not-ready copies go first, then those holding the fewest live
+            // sessions (their learners would be logged out), then the newest.
+            let host = &self.settings.host;
+            let sessions = &self.sessions;
+            let held = |c: &Copy| {
+                sessions
+                    .get(&format!("{host}:{}", c.port))
+                    .map_or(0, |n| n.round() as u64)
+            };
             let victim = self
                 .copies
                 .iter_mut()
                 .filter(|c| live(c))
-                .max_by_key(|c| (c.state == State::Starting, c.index))
+                .min_by_key(|c| {
+                    (
+                        c.state != State::Starting,
+                        held(c),
+                        std::cmp::Reverse(c.index),
+                    )
+                })
                 .expect("a live copy exists");
             victim.state = State::Draining {
                 until: Instant::now() + self.settings.drain,
             };
-            tracing::info!(index = victim.index, port = victim.port, "draining a copy");
+            tracing::info!(
+                index = victim.index,
+                port = victim.port,
+                sessions = held(victim),
+                "draining a copy"
+            );
             live_count -= 1;
         }
         self.write_endpoints().await
@@ -408,6 +436,9 @@ pub async fn run(
         if !outcome.errors.is_empty() {
             metrics.scrape_errors(&key, outcome.errors.len());
             tracing::warn!(errors = ?outcome.errors, "reading the balancer failed");
+        }
+        if outcome.reading.is_some() {
+            target.note_sessions(outcome.sessions.clone());
         }
         let replicas = target.replicas();
         let step = runner.tick(outcome.reading, replicas, now);

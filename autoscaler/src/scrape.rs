@@ -31,20 +31,25 @@ impl std::ops::Add for PoolDemand {
 /// does not know is an error (a policy naming the wrong pool must not read
 /// as zero demand).
 pub fn pool_demand(text: &str, pool: &str) -> Result<PoolDemand, String> {
-    read_pool(text, pool).map(|(demand, _)| demand)
+    read_pool(text, pool).map(|(demand, _, _)| demand)
 }
 
 /// Cumulative latency histogram buckets: `(upper bound in seconds, count)`,
 /// sorted by bound, summed over the pool's endpoints.
 pub type Buckets = Vec<(f64, f64)>;
 
-/// Reads `pool`'s demand and its upstream latency histogram (summed over
-/// the pool's endpoints) from one `/metrics` document.
-pub fn read_pool(text: &str, pool: &str) -> Result<(PoolDemand, Buckets), String> {
+/// Live sticky sessions per endpoint address (`usher_balancer_endpoint_sessions`).
+pub type Sessions = std::collections::BTreeMap<String, f64>;
+
+/// Reads `pool`'s demand, its upstream latency histogram (summed over the
+/// pool's endpoints) and its live sessions per endpoint from one `/metrics`
+/// document.
+pub fn read_pool(text: &str, pool: &str) -> Result<(PoolDemand, Buckets, Sessions), String> {
     let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
         .map_err(|e| format!("not Prometheus text: {e}"))?;
     let mut demand = PoolDemand::default();
     let mut buckets: Buckets = Vec::new();
+    let mut sessions = Sessions::new();
     let mut seen = false;
     for s in scrape
         .samples
@@ -71,6 +76,11 @@ pub fn read_pool(text: &str, pool: &str) -> Result<(PoolDemand, Buckets), String
                 seen = true;
             }
             "usher_balancer_pool_queue_depth" => demand.queued += value,
+            "usher_balancer_endpoint_sessions" => {
+                if let Some(endpoint) = s.labels.get("endpoint") {
+                    *sessions.entry(endpoint.to_string()).or_default() += value;
+                }
+            }
             "usher_balancer_pool_responses_total" | "usher_balancer_pool_responses" => {
                 demand.responses_total += value;
                 seen = true;
@@ -79,7 +89,7 @@ pub fn read_pool(text: &str, pool: &str) -> Result<(PoolDemand, Buckets), String
         }
     }
     if seen {
-        Ok((demand, buckets))
+        Ok((demand, buckets, sessions))
     } else {
         Err(format!("the balancer reports no pool `{pool}`"))
     }
@@ -231,7 +241,7 @@ usher_balancer_upstream_response_duration_seconds_sum{pool=\"moodle\",endpoint=\
 usher_balancer_upstream_response_duration_seconds_count{pool=\"moodle\",endpoint=\"b\"} 100
 usher_balancer_pool_in_flight_requests{pool=\"moodle\"} 1
 ";
-        let (_, b) = read_pool(text, "moodle").unwrap();
+        let (_, b, _) = read_pool(text, "moodle").unwrap();
         assert_eq!(b, vec![(0.1, 100.0), (0.5, 190.0), (f64::INFINITY, 200.0)]);
         // Median: rank 100 falls at the top of the first bucket.
         assert_eq!(quantile(0.5, &b), Some(0.1));

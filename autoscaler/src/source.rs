@@ -104,6 +104,8 @@ pub struct Scraper {
     client: HttpClient,
     pool: String,
     replicas: HashMap<String, ReplicaState>,
+    /// Live sessions per endpoint at the last read, summed over replicas.
+    sessions: scrape::Sessions,
 }
 
 impl Scraper {
@@ -113,6 +115,7 @@ impl Scraper {
             client: http_client(),
             pool: pool.to_string(),
             replicas: HashMap::new(),
+            sessions: scrape::Sessions::new(),
         }
     }
 
@@ -150,8 +153,9 @@ impl Scraper {
         for state in self.replicas.values_mut() {
             state.seen = false;
         }
+        self.sessions.clear();
         for (url, result) in urls.iter().zip(fetched) {
-            let (demand, buckets): (PoolDemand, Buckets) = match result {
+            let (demand, buckets, sessions): (PoolDemand, Buckets, scrape::Sessions) = match result {
                 Ok(r) => r,
                 Err(e) => {
                     errors.push(e);
@@ -159,6 +163,9 @@ impl Scraper {
                 }
             };
             reading.answered += 1;
+            for (endpoint, n) in sessions {
+                *self.sessions.entry(endpoint).or_default() += n;
+            }
             reading.in_flight += demand.in_flight;
             reading.queued += demand.queued;
             let state = self.replicas.entry(url.clone()).or_default();
@@ -272,6 +279,9 @@ pub struct ReadOutcome {
     pub reading: Option<Reading>,
     /// Per-replica or query errors, for the scrape-error metric and logs.
     pub errors: Vec<String>,
+    /// Live sticky sessions per endpoint address, summed over the replicas
+    /// that answered (empty from Prometheus, or for a pool without them).
+    pub sessions: scrape::Sessions,
 }
 
 impl Reader {
@@ -298,10 +308,12 @@ impl Reader {
                 Ok(r) => ReadOutcome {
                     reading: Some(r),
                     errors: Vec::new(),
+                    sessions: scrape::Sessions::new(),
                 },
                 Err(e) => ReadOutcome {
                     reading: None,
                     errors: vec![e.to_string()],
+                    sessions: scrape::Sessions::new(),
                 },
             },
             Self::Scrape(s) => {
@@ -311,14 +323,17 @@ impl Reader {
                         return ReadOutcome {
                             reading: None,
                             errors: vec![SourceError::NoReplicas(e).to_string()],
+                            sessions: scrape::Sessions::new(),
                         };
                     }
                 };
                 let (result, mut errors) = s.read(&urls, timeout, now).await;
+                let sessions = s.sessions.clone();
                 match result {
                     Ok(r) => ReadOutcome {
                         reading: Some(r),
                         errors,
+                        sessions,
                     },
                     Err(e) => {
                         if errors.is_empty() {
@@ -327,6 +342,7 @@ impl Reader {
                         ReadOutcome {
                             reading: None,
                             errors,
+                            sessions,
                         }
                     }
                 }

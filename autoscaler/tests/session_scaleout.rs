@@ -544,3 +544,250 @@ async fn a_class_start_scales_out_for_logged_in_learners() {
         "a pod started by the scale-out held less than its fair share within {SHARE_WITHIN:?}:\n{table}"
     );
 }
+
+/// Ready copies in the endpoints file, in start order.
+fn ready_listed(endpoints: &Path) -> Vec<String> {
+    usher_balancer::discovery::file::read(endpoints)
+        .map(|v| {
+            v.into_iter()
+                .filter(|e| !e.starting)
+                .map(|e| e.address)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Scale-down that never logs a learner out: 4 copies, 4 learners whose
+/// sessions live on the two newest, light load; the autoscaler goes to 2
+/// and must stop the two copies holding no session (before, it stopped the
+/// newest: every learner was logged out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scale_down_stops_the_copies_without_sessions() {
+    let lms_sim = build_lms_sim();
+    let dir = tempfile::tempdir().unwrap();
+    let endpoints = dir.path().join("endpoints.json");
+    write(&endpoints, "[]\n");
+    let balancer_yaml = dir.path().join("balancer.yaml");
+    write(
+        &balancer_yaml,
+        &format!(
+            "listeners:
+  - name: public
+    bind: \"127.0.0.1:0\"
+admin:
+  bind: \"127.0.0.1:0\"
+routes:
+  - pool: moodle
+pools:
+  moodle:
+    endpoints:
+      file: {{path: \"{}\", interval: 100ms}}
+    stickySessions: {{applicationCookie: MoodleSession}}
+    drainTimeout: 1s
+",
+            endpoints.display()
+        ),
+    );
+    let balancer = Balancer::start(
+        &balancer_yaml,
+        Options {
+            watch_interval: None,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let public = balancer.listener_addr("public").unwrap();
+    let admin = balancer.admin_addr().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    write(
+        &policy,
+        &format!(
+            "apiVersion: usher.dev/v1alpha1
+kind: ScalingPolicy
+metadata: {{name: class-ends}}
+spec:
+  scaleTargetRef: {{kind: Deployment, name: lms}}
+  pool: moodle
+  minReplicas: 2
+  maxReplicas: 4
+  target: {{inFlightPerPod: 4}}
+  surge: {{stableWindow: 3s, panicWindow: 1s, panicThreshold: 2.0}}
+  behavior:
+    scaleDown:
+      stabilizationWindowSeconds: 3
+      policies: [{{type: Percent, value: 100, periodSeconds: 1}}]
+  metricsSource: {{urls: ['http://{admin}/metrics'], interval: 250ms, timeout: 200ms}}
+"
+        ),
+    );
+    let token = format!(
+        "sd{}x{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos()
+    );
+    let log = dir.path().join("autoscaler.log");
+    let log_file = File::create(&log).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_usher-autoscaler"))
+        .arg("local")
+        .arg("--policy")
+        .arg(&policy)
+        .arg("--endpoints-file")
+        .arg(&endpoints)
+        .args([
+            "--metrics-bind",
+            "127.0.0.1:0",
+            "--drain",
+            "1s",
+            "--initial",
+            "4",
+            "--log-format",
+            "json",
+            "--",
+        ])
+        .arg(&lms_sim)
+        .args(["--port", "{port}", "--workers", "4", "--service-time", "20ms"])
+        .args(["--pod-local-sessions", "--exit-with-parent", "--name"])
+        .arg(format!("{token}-{{index}}"))
+        .env("USHER_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone().unwrap())
+        .stderr(log_file)
+        .spawn()
+        .unwrap();
+    let mut scaler = Autoscaler {
+        child,
+        log,
+        token: token.clone(),
+    };
+    scaler.metrics_addr().await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let listed = loop {
+        let listed = ready_listed(&endpoints);
+        if listed.len() == 4 {
+            break listed;
+        }
+        assert!(Instant::now() < deadline, "4 copies never became ready: {listed:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Session cookies that rendezvous hashing places on the two newest
+    // copies (the ones a newest-first scale-down would stop).
+    let newest = [listed[2].clone(), listed[3].clone()];
+    let cookies: Vec<String> = (0..10_000)
+        .map(|i| format!("{i:026x}"))
+        .filter(|c| {
+            usher_balancer::sticky::rendezvous(c, listed.iter().map(String::as_str))
+                .is_some_and(|i| i >= 2)
+        })
+        .take(4)
+        .collect();
+    assert_eq!(cookies.len(), 4);
+
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let url = format!("http://{public}/quiz/attempt");
+    let stop = Arc::new(AtomicBool::new(false));
+    let pages = Arc::new(Mutex::new(vec![Vec::<Page>::new(); 4]));
+    let mut tasks = Vec::new();
+    for (me, cookie) in cookies.into_iter().enumerate() {
+        let (client, url, stop, pages) = (client.clone(), url.clone(), stop.clone(), pages.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut jar = Jar::default();
+            jar.0.insert("MoodleSession".into(), cookie);
+            let started = Instant::now();
+            while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(60) {
+                let req = http::Request::get(url.as_str())
+                    .header(http::header::COOKIE, jar.header())
+                    .body(Empty::new())
+                    .unwrap();
+                let at = started.elapsed();
+                let page = match tokio::time::timeout(REQUEST_TIMEOUT, client.request(req)).await {
+                    Ok(Ok(resp)) => {
+                        jar.update(resp.headers());
+                        let status = resp.status().as_u16();
+                        let session = resp
+                            .headers()
+                            .get("x-session")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or_default()
+                            .to_string();
+                        let body = resp.into_body().collect().await.unwrap_or_default().to_bytes();
+                        let pod = String::from_utf8_lossy(&body)
+                            .split_whitespace()
+                            .next()
+                            .unwrap_or_default()
+                            .to_string();
+                        Page { at: at.as_secs_f64(), latency: started.elapsed() - at, status, pod, session }
+                    }
+                    other => Page {
+                        at: at.as_secs_f64(),
+                        latency: started.elapsed() - at,
+                        status: 0,
+                        pod: format!("{other:?}"),
+                        session: String::new(),
+                    },
+                };
+                pages.lock().unwrap()[me].push(page);
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }));
+    }
+    // The autoscaler goes to 2 copies and the 2 it stopped are gone.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let kept = loop {
+        let now_listed = ready_listed(&endpoints);
+        if now_listed.len() == 2 && sims_alive(&token) == 2 {
+            break now_listed;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no scale-down to 2 within 40 s: {now_listed:?}\n{}",
+            scaler.timeline()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let timeline = scaler.timeline();
+    drop(scaler);
+    balancer.shutdown().await;
+    let pages = pages.lock().unwrap().clone();
+    let summary: Vec<String> = pages
+        .iter()
+        .map(|l| {
+            l.iter()
+                .map(|p| format!("{}:{}", p.pod.rsplit('-').next().unwrap_or("?"), p.session))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect();
+    let report = format!(
+        "newest copies {newest:?}, kept {kept:?}\nlearners' pages (pod:session):\n{}\n{timeline}",
+        summary.join("\n")
+    );
+    let mut kept_sorted = kept.clone();
+    kept_sorted.sort();
+    let mut newest_sorted = newest.to_vec();
+    newest_sorted.sort();
+    assert_eq!(kept_sorted, newest_sorted, "the copies holding sessions were stopped:\n{report}");
+    for l in &pages {
+        assert!(l.len() > 5, "{report}");
+        // The first page finds no session on the pod (a made-up cookie):
+        // it starts one. After that, nobody is logged out.
+        assert!(
+            l[1..].iter().all(|p| p.status == 200 && p.session == "resumed"),
+            "a learner was logged out or failed:\n{report}"
+        );
+    }
+}
+
+/// How many `lms-sim` processes with `token` are alive.
+fn sims_alive(token: &str) -> usize {
+    support::sims_running(token).len()
+}

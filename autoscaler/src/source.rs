@@ -155,7 +155,8 @@ impl Scraper {
         }
         self.sessions.clear();
         for (url, result) in urls.iter().zip(fetched) {
-            let (demand, buckets, sessions): (PoolDemand, Buckets, scrape::Sessions) = match result {
+            let (demand, buckets, sessions): (PoolDemand, Buckets, scrape::Sessions) = match result
+            {
                 Ok(r) => r,
                 Err(e) => {
                     errors.push(e);

@@ -649,7 +649,14 @@ spec:
             "--",
         ])
         .arg(&lms_sim)
-        .args(["--port", "{port}", "--workers", "4", "--service-time", "20ms"])
+        .args([
+            "--port",
+            "{port}",
+            "--workers",
+            "4",
+            "--service-time",
+            "20ms",
+        ])
         .args(["--pod-local-sessions", "--exit-with-parent", "--name"])
         .arg(format!("{token}-{{index}}"))
         .env("USHER_LOG", "info")
@@ -670,7 +677,10 @@ spec:
         if listed.len() == 4 {
             break listed;
         }
-        assert!(Instant::now() < deadline, "4 copies never became ready: {listed:?}");
+        assert!(
+            Instant::now() < deadline,
+            "4 copies never became ready: {listed:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -714,13 +724,24 @@ spec:
                             .and_then(|v| v.to_str().ok())
                             .unwrap_or_default()
                             .to_string();
-                        let body = resp.into_body().collect().await.unwrap_or_default().to_bytes();
+                        let body = resp
+                            .into_body()
+                            .collect()
+                            .await
+                            .unwrap_or_default()
+                            .to_bytes();
                         let pod = String::from_utf8_lossy(&body)
                             .split_whitespace()
                             .next()
                             .unwrap_or_default()
                             .to_string();
-                        Page { at: at.as_secs_f64(), latency: started.elapsed() - at, status, pod, session }
+                        Page {
+                            at: at.as_secs_f64(),
+                            latency: started.elapsed() - at,
+                            status,
+                            pod,
+                            session,
+                        }
                     }
                     other => Page {
                         at: at.as_secs_f64(),
@@ -775,13 +796,18 @@ spec:
     kept_sorted.sort();
     let mut newest_sorted = newest.to_vec();
     newest_sorted.sort();
-    assert_eq!(kept_sorted, newest_sorted, "the copies holding sessions were stopped:\n{report}");
+    assert_eq!(
+        kept_sorted, newest_sorted,
+        "the copies holding sessions were stopped:\n{report}"
+    );
     for l in &pages {
         assert!(l.len() > 5, "{report}");
         // The first page finds no session on the pod (a made-up cookie):
         // it starts one. After that, nobody is logged out.
         assert!(
-            l[1..].iter().all(|p| p.status == 200 && p.session == "resumed"),
+            l[1..]
+                .iter()
+                .all(|p| p.status == 200 && p.session == "resumed"),
             "a learner was logged out or failed:\n{report}"
         );
     }

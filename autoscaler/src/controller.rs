@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
@@ -254,6 +254,69 @@ impl Context {
         }
     }
 
+    /// Before a scale-down: marks each pod of `deployment` with the live
+    /// sticky sessions the balancers count on it
+    /// (`controller.kubernetes.io/pod-deletion-cost`), so the ReplicaSet
+    /// removes the pods with the fewest first. Only changed costs are
+    /// written. Best effort: a failure is logged and the scale goes on.
+    async fn mark_deletion_costs(
+        &self,
+        namespace: &str,
+        deployment: &Deployment,
+        sessions: &crate::scrape::Sessions,
+        key: &str,
+    ) {
+        let Some(labels) = deployment
+            .spec
+            .as_ref()
+            .and_then(|s| s.selector.match_labels.as_ref())
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+        else {
+            return;
+        };
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        let list = match pods.list(&ListParams::default().labels(&labels)).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(policy = key, error = %e, "could not list the Deployment's pods to mark their deletion cost");
+                return;
+            }
+        };
+        let views: Vec<crate::deletion_cost::PodView> = list
+            .items
+            .iter()
+            .map(|p| crate::deletion_cost::PodView {
+                name: p.metadata.name.clone().unwrap_or_default(),
+                ip: p.status.as_ref().and_then(|s| s.pod_ip.clone()),
+                cost: p
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(crate::deletion_cost::ANNOTATION).cloned()),
+            })
+            .collect();
+        for (name, cost) in crate::deletion_cost::changes(&views, sessions) {
+            let patch =
+                json!({"metadata": {"annotations": {crate::deletion_cost::ANNOTATION: cost}}});
+            match pods
+                .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!(policy = key, pod = %name, %cost, "marked the pod's deletion cost (live sessions)")
+                }
+                Err(e) => {
+                    tracing::warn!(policy = key, pod = %name, error = %e, "could not mark the pod's deletion cost")
+                }
+            }
+        }
+    }
+
     /// One tick of `policy`: read, decide and (as leader) act.
     pub async fn tick(
         &self,
@@ -333,6 +396,10 @@ impl Context {
             } else if self.settings.dry_run {
                 tracing::info!(policy = key, from = replicas.current, to, %reason, "dry-run: would scale");
             } else {
+                if to < replicas.current && !outcome.sessions.is_empty() {
+                    self.mark_deletion_costs(&namespace, &deployment, &outcome.sessions, key)
+                        .await;
+                }
                 deployments
                     .patch_scale(
                         &policy.target_ref.name,

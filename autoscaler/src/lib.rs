@@ -7,6 +7,7 @@
 pub mod controller;
 pub mod crd;
 pub mod decide;
+pub mod deletion_cost;
 pub mod filter;
 pub mod lease;
 pub mod local;

@@ -1,6 +1,7 @@
 //! The controller against a real kube-apiserver 1.20 (RBAC on): the CRD,
-//! scaling through `deployments/scale`, status, Events, dry-run and leader
-//! election. The `usher-autoscaler` binary runs as a ServiceAccount bound to
+//! scaling through `deployments/scale`, status, Events, dry-run, leader
+//! election, and pod deletion costs from live sessions before a scale-down.
+//! The `usher-autoscaler` binary runs as a ServiceAccount bound to
 //! a Role made from `charts/usher/files/autoscaler-rules.yaml`, the rules the
 //! Helm chart ships. Demand comes from a real balancer holding requests to a
 //! slow backend, found through a Ready balancer Pod's IP.
@@ -636,6 +637,15 @@ async fn the_chart_role_allows_what_the_controller_does_and_nothing_broader() {
             .map(|_| ()),
         "deleting a Pod",
     );
+    // Allowed: annotating a pod (its deletion cost before a scale-down).
+    Api::<Pod>::namespaced(sa.clone(), &w.ns)
+        .patch(
+            "balancer-0",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"controller.kubernetes.io/pod-deletion-cost": "0"}}})),
+        )
+        .await
+        .unwrap();
     forbidden(
         Api::<k8s_openapi::api::core::v1::Secret>::namespaced(sa.clone(), &w.ns)
             .list(&ListParams::default())
@@ -746,5 +756,169 @@ async fn a_leader_stopped_with_sigterm_releases_the_lease_for_the_follower() {
         leader.log().contains("released the leader lease"),
         "{}",
         leader.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scale_down_marks_each_pods_deletion_cost_with_its_live_sessions() {
+    let w = world("cost").await;
+    // Three LMS pods (made by the ReplicaSet), given the IPs of three real
+    // backends behind a sticky balancer.
+    let deployments: Api<Deployment> = Api::namespaced(w.admin.clone(), &w.ns);
+    deployments
+        .patch_scale(
+            "lms",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 3}})),
+        )
+        .await
+        .unwrap();
+    let pods: Api<Pod> = Api::namespaced(w.admin.clone(), &w.ns);
+    let names: Vec<String> = wait_for(
+        "the ReplicaSet's 3 pods",
+        Duration::from_secs(30),
+        || async {
+            let list = pods
+                .list(&ListParams::default().labels("app=lms"))
+                .await
+                .ok()?;
+            let mut names: Vec<String> = list
+                .items
+                .iter()
+                .filter_map(|p| p.metadata.name.clone())
+                .collect();
+            names.sort();
+            (names.len() == 3).then_some(names)
+        },
+    )
+    .await;
+    let ips = ["127.0.0.11", "127.0.0.12", "127.0.0.13"];
+    let mut backends = Vec::new();
+    for (name, ip) in names.iter().zip(ips) {
+        backends.push(web::backend_at(ip, Duration::ZERO).await);
+        // Kept readable after the ReplicaSet deletes it (1.20 does not
+        // honour the cost yet: which pods go is its choice).
+        pods.patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": ["usher.dev/test-keep"]}})),
+        )
+        .await
+        .unwrap();
+        pods.patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {
+                "phase": "Running",
+                "podIP": ip,
+                "podIPs": [{"ip": ip}],
+                "conditions": [{"type": "Ready", "status": "True"}]
+            }})),
+        )
+        .await
+        .unwrap();
+    }
+    let secret = "a-secret-shared-by-the-test";
+    let extra = format!("    stickySessions: {{secret: {secret}}}\n");
+    let list: Vec<String> = backends.iter().map(|b| format!("\"{b}\"")).collect();
+    let lb = web::balancer_with("lms", &list.join(", "), &extra).await;
+    // Sessions: 3 on the first pod, 1 on the second, none on the third,
+    // pinned by cookies signed with the shared secret.
+    let signer = usher_balancer::sticky::StickySecret::new(secret);
+    for backend in [0, 0, 0, 1].map(|i| backends[i]) {
+        let id = signer.endpoint_id("lms", &backend.to_string());
+        let tag = format!("{:016x}", fastrand::u64(..));
+        let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<bytes::Bytes>> =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http();
+        let req = http::Request::get(format!("http://{}/course/view.php", lb.public))
+            .header("cookie", format!("usher_affinity={id}.{tag}"))
+            .body(http_body_util::Empty::new())
+            .unwrap();
+        let resp = client.request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    let metrics = web::get(
+        &format!("http://{}/metrics", lb.admin),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap()
+    .1;
+    assert!(
+        metrics.contains(&format!(
+            "usher_balancer_endpoint_sessions{{pool=\"lms\",endpoint=\"{}\"}} 3",
+            backends[0]
+        )),
+        "{metrics}"
+    );
+
+    // Light load: the policy wants 1 of the 3.
+    let text = format!(
+        "apiVersion: usher.dev/v1alpha1
+kind: ScalingPolicy
+metadata:
+  name: lms
+  namespace: {ns}
+spec:
+  scaleTargetRef: {{kind: Deployment, name: lms}}
+  pool: lms
+  minReplicas: 1
+  maxReplicas: 6
+  target: {{inFlightPerPod: 10}}
+  surge: {{stableWindow: 2s, panicWindow: 1s}}
+  behavior:
+    scaleDown:
+      stabilizationWindowSeconds: 1
+      policies: [{{type: Percent, value: 100, periodSeconds: 1}}]
+  metricsSource: {{urls: ['http://{admin}/metrics'], interval: 250ms}}
+",
+        ns = w.ns,
+        admin = lb.admin
+    );
+    let doc: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
+    let obj: ScalingPolicy = serde_json::from_value(doc).unwrap();
+    Api::<ScalingPolicy>::namespaced(w.admin.clone(), &w.ns)
+        .create(&PostParams::default(), &obj)
+        .await
+        .unwrap();
+    let a = w.autoscaler("only", &[]);
+    w.wait_replicas(1, &[&a]).await;
+    // Each pod carries its live sessions as its deletion cost.
+    let costs: Vec<Option<String>> =
+        wait_logged(
+            "the deletion costs",
+            Duration::from_secs(10),
+            &[&a],
+            || async {
+                let mut costs = Vec::new();
+                for name in &names {
+                    let p = pods.get_opt(name).await.ok()??;
+                    costs.push(p.metadata.annotations.and_then(|a| {
+                        a.get("controller.kubernetes.io/pod-deletion-cost").cloned()
+                    }));
+                }
+                costs.iter().all(Option::is_some).then_some(costs)
+            },
+        )
+        .await;
+    for name in &names {
+        pods.patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+        )
+        .await
+        .unwrap();
+    }
+    assert_eq!(
+        costs,
+        [
+            Some("3".to_string()),
+            Some("1".to_string()),
+            Some("0".to_string())
+        ],
+        "{}",
+        a.log()
     );
 }

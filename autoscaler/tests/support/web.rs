@@ -20,7 +20,12 @@ use usher_balancer::{Balancer, Options};
 
 /// A backend that answers `page` after `delay`.
 pub async fn backend(delay: Duration) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    backend_at("127.0.0.1", delay).await
+}
+
+/// A backend on `ip` (any address of 127.0.0.0/8) that answers `page` after `delay`.
+pub async fn backend_at(ip: &str, delay: Duration) -> SocketAddr {
+    let listener = TcpListener::bind((ip, 0)).await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
@@ -59,12 +64,17 @@ pub struct Lb {
 /// pool `pool` in front of `backend`; `extra` is appended to the pool
 /// (indented four spaces).
 pub async fn balancer(pool: &str, backend: SocketAddr, extra: &str) -> Lb {
+    balancer_with(pool, &format!("\"{backend}\""), extra).await
+}
+
+/// The same, in front of `endpoints` (a YAML flow list's items).
+pub async fn balancer_with(pool: &str, endpoints: &str, extra: &str) -> Lb {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("balancer.yaml");
     std::fs::write(
         &path,
         format!(
-            "listeners:\n  - name: public\n    bind: \"127.0.0.1:0\"\nadmin:\n  bind: \"127.0.0.1:0\"\nroutes:\n  - pool: {pool}\npools:\n  {pool}:\n    endpoints:\n      static: [\"{backend}\"]\n{extra}"
+            "listeners:\n  - name: public\n    bind: \"127.0.0.1:0\"\nadmin:\n  bind: \"127.0.0.1:0\"\nroutes:\n  - pool: {pool}\npools:\n  {pool}:\n    endpoints:\n      static: [{endpoints}]\n{extra}"
         ),
     )
     .unwrap();

@@ -97,6 +97,8 @@ struct PolicyLoop {
     runner: Runner,
     reader: Reader,
     backfilled_at: Option<Instant>,
+    /// The other autoscaler of the target seen at the last tick, if any.
+    conflict: Option<String>,
 }
 
 type Loops = Mutex<HashMap<String, Arc<tokio::sync::Mutex<PolicyLoop>>>>;
@@ -111,6 +113,9 @@ pub struct Ticked {
     pub replicas: Replicas,
     /// When and why the target was last scaled by this instance.
     pub last_scale: Option<(DateTime<Utc>, String)>,
+    /// Another autoscaler of the same Deployment (an HPA or a KEDA
+    /// ScaledObject): this one does not act while it exists.
+    pub conflict: Option<String>,
 }
 
 /// Shared by every reconcile.
@@ -171,6 +176,7 @@ impl Context {
                     runner: Runner::new(policy.clone()),
                     reader: Reader::for_policy(policy),
                     backfilled_at: None,
+                    conflict: None,
                 }))
             })
             .clone()
@@ -251,6 +257,53 @@ impl Context {
             ))
         } else {
             Ok(urls)
+        }
+    }
+
+    /// Another autoscaler of Deployment `name`: an autoscaling/v1
+    /// HorizontalPodAutoscaler or a KEDA ScaledObject targeting it (KEDA
+    /// likewise refuses to fight an HPA it does not own). A cluster without
+    /// KEDA, or a list this instance may not read, counts as none.
+    async fn conflicting_autoscaler(&self, namespace: &str, name: &str) -> Option<String> {
+        use k8s_openapi::api::autoscaling::v1::HorizontalPodAutoscaler;
+        let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(self.client.clone(), namespace);
+        match hpas.list(&ListParams::default()).await {
+            Ok(list) => {
+                if let Some(h) = list.items.iter().find(|h| {
+                    h.spec.as_ref().is_some_and(|s| {
+                        s.scale_target_ref.kind == "Deployment" && s.scale_target_ref.name == name
+                    })
+                }) {
+                    return Some(format!("HorizontalPodAutoscaler {}", h.name_any()));
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot list HorizontalPodAutoscalers")
+            }
+        }
+        let resource = kube::api::ApiResource {
+            group: "keda.sh".into(),
+            version: "v1alpha1".into(),
+            api_version: "keda.sh/v1alpha1".into(),
+            kind: "ScaledObject".into(),
+            plural: "scaledobjects".into(),
+        };
+        let scaled: Api<kube::api::DynamicObject> =
+            Api::namespaced_with(self.client.clone(), namespace, &resource);
+        match scaled.list(&ListParams::default()).await {
+            Ok(list) => list
+                .items
+                .iter()
+                .find(|o| {
+                    let target = &o.data["spec"]["scaleTargetRef"];
+                    target["name"].as_str() == Some(name)
+                        && target["kind"].as_str().unwrap_or("Deployment") == "Deployment"
+                })
+                .map(|o| format!("KEDA ScaledObject {}", o.name_any())),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot list KEDA ScaledObjects");
+                None
+            }
         }
     }
 
@@ -389,7 +442,40 @@ impl Context {
             started.elapsed().as_secs_f64(),
         );
 
-        if let Some(to) = step.scale_to {
+        let conflict = self
+            .conflicting_autoscaler(&namespace, &policy.target_ref.name)
+            .await;
+        if conflict != state.conflict {
+            match &conflict {
+                Some(other) => {
+                    tracing::warn!(policy = key, deployment = %target, %other, "another autoscaler targets the Deployment: not acting until it is gone");
+                    if self.is_leader() {
+                        let event = Event {
+                            type_: EventType::Warning,
+                            reason: "ConflictingAutoscaler".to_string(),
+                            note: Some(truncate(
+                                &format!(
+                                    "{other} also scales Deployment {}; usher-autoscaler does not act until it is removed",
+                                    policy.target_ref.name
+                                ),
+                                1024,
+                            )),
+                            action: "Hold".to_string(),
+                            secondary: None,
+                        };
+                        if let Err(e) = self.recorder.publish(&event, regarding).await {
+                            tracing::warn!(policy = key, error = %e, "could not record the ConflictingAutoscaler Event");
+                        }
+                    }
+                }
+                None => {
+                    tracing::info!(policy = key, deployment = %target, "no other autoscaler targets the Deployment: acting again")
+                }
+            }
+            state.conflict = conflict.clone();
+        }
+
+        if let Some(to) = step.scale_to.filter(|_| conflict.is_none()) {
             let reason = &step.decision.reason;
             if !self.is_leader() {
                 tracing::debug!(policy = key, to, %reason, "not the leader: not scaling");
@@ -441,6 +527,7 @@ impl Context {
             step,
             replicas,
             last_scale: state.runner.last_scale().cloned(),
+            conflict,
         })
     }
 }
@@ -617,6 +704,7 @@ fn status_for(
             step,
             replicas,
             last_scale,
+            conflict,
         }) => {
             status.current_replicas = Some(replicas.current);
             status.ready_replicas = Some(replicas.ready);
@@ -639,14 +727,47 @@ fn status_for(
                     "the Deployment's scale subresource can be read and updated".to_string(),
                 )
             };
+            let able = match conflict {
+                Some(other) => (
+                    "ConflictingAutoscaler",
+                    format!("{other} also scales the Deployment; not acting until it is removed"),
+                ),
+                None => able,
+            };
             set_condition(
                 &mut status.conditions,
                 "AbleToScale",
-                !ctx.settings.dry_run,
+                !ctx.settings.dry_run && conflict.is_none(),
                 able.0,
                 &able.1,
                 now,
             );
+            match conflict {
+                Some(other) => set_condition(
+                    &mut status.conditions,
+                    "ConflictingAutoscaler",
+                    true,
+                    "ConflictingAutoscaler",
+                    &format!("{other} targets the same Deployment"),
+                    now,
+                ),
+                None => {
+                    if status
+                        .conditions
+                        .iter()
+                        .any(|c| c.type_ == "ConflictingAutoscaler")
+                    {
+                        set_condition(
+                            &mut status.conditions,
+                            "ConflictingAutoscaler",
+                            false,
+                            "NoConflict",
+                            "no other autoscaler targets the Deployment",
+                            now,
+                        );
+                    }
+                }
+            }
             if step.stale {
                 set_condition(
                     &mut status.conditions,
@@ -917,8 +1038,10 @@ spec:
                        "message": "etcdserver: request timed out", "reason": "InternalError", "code": 500}),
             )
         };
-        // Three failed GETs (each followed by a status write), then a good one.
-        let server = serve(handle, 8, move |i| {
+        // Three failed GETs (each followed by a status write), then a good
+        // one, the look for other autoscalers (an HPA list, a KEDA list) and
+        // the status write.
+        let server = serve(handle, 10, move |i| {
             if i < 3 {
                 failure()
             } else {
@@ -951,8 +1074,13 @@ spec:
             "{seen:?}"
         );
         assert!(
-            !seen.iter().any(|s| s.contains("/scale")),
+            !seen.iter().any(|s| s.ends_with("/scale")),
             "scaled without metrics: {seen:?}"
+        );
+        assert!(
+            seen.iter().any(|s| s
+                .starts_with("GET /apis/autoscaling/v1/namespaces/lms/horizontalpodautoscalers")),
+            "{seen:?}"
         );
         // After the success the next failure starts over at 1 s.
         let err = Error::TargetMissing("lms/moodle".into());

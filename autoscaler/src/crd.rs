@@ -38,7 +38,9 @@ pub struct ScalingPolicyStatus {
     /// Why it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_scale_reason: Option<String>,
-    /// HPA-style conditions: `AbleToScale`, `ScalingActive`, `ScalingLimited`.
+    /// HPA-style conditions: `AbleToScale`, `ScalingActive`, `ScalingLimited`,
+    /// and `ConflictingAutoscaler` (an HPA or KEDA ScaledObject also targets
+    /// the Deployment).
     #[serde(default)]
     pub conditions: Vec<Condition>,
 }
@@ -47,7 +49,7 @@ pub struct ScalingPolicyStatus {
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Condition {
-    /// `AbleToScale`, `ScalingActive` or `ScalingLimited`.
+    /// `AbleToScale`, `ScalingActive`, `ScalingLimited` or `ConflictingAutoscaler`.
     #[serde(rename = "type")]
     pub type_: String,
     /// `True`, `False` or `Unknown`.

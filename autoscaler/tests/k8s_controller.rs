@@ -922,3 +922,86 @@ spec:
         a.log()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_hpa_on_the_same_deployment_stops_it_acting_until_the_hpa_is_gone() {
+    use k8s_openapi::api::autoscaling::v1::HorizontalPodAutoscaler;
+    let w = world("hpa").await;
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(w.admin.clone(), &w.ns);
+    let hpa: HorizontalPodAutoscaler = serde_json::from_value(json!({
+        "metadata": {"name": "lms-cpu"},
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "lms"},
+            "minReplicas": 1,
+            "maxReplicas": 3,
+            "targetCPUUtilizationPercentage": 80
+        }
+    }))
+    .unwrap();
+    hpas.create(&PostParams::default(), &hpa).await.unwrap();
+    w.policy().await;
+    let a = w.autoscaler("only", &[]);
+    // Demand for 4 replicas, but an HPA owns the Deployment.
+    web::hold_requests(w.lb.public, 40);
+    let status = wait_logged(
+        "the ConflictingAutoscaler condition",
+        Duration::from_secs(20),
+        &[&a],
+        || async {
+            let s = w.status().await?;
+            let c = s["conditions"]
+                .as_array()?
+                .iter()
+                .find(|c| c["type"] == "ConflictingAutoscaler")?
+                .clone();
+            (c["status"] == "True" && s["desiredReplicas"] == 4).then_some(s)
+        },
+    )
+    .await;
+    let text = status.to_string();
+    assert!(text.contains("HorizontalPodAutoscaler lms-cpu"), "{text}");
+    let able = status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "AbleToScale")
+        .unwrap()
+        .clone();
+    assert_eq!(able["status"], "False", "{text}");
+    assert_eq!(able["reason"], "ConflictingAutoscaler", "{text}");
+    // It wants 4 and leaves the Deployment alone.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(w.replicas().await, 1, "{}", a.log());
+    let events = wait_for(
+        "a ConflictingAutoscaler Event",
+        Duration::from_secs(10),
+        || async {
+            let e: Vec<Event> = w
+                .events()
+                .await
+                .into_iter()
+                .filter(|e| e.reason.as_deref() == Some("ConflictingAutoscaler"))
+                .collect();
+            (!e.is_empty()).then_some(e)
+        },
+    )
+    .await;
+    assert_eq!(events[0].type_.as_deref(), Some("Warning"));
+    assert!(
+        events[0].note.as_deref().unwrap().contains("lms-cpu"),
+        "{:?}",
+        events[0]
+    );
+    // The HPA goes: it acts again.
+    hpas.delete("lms-cpu", &Default::default()).await.unwrap();
+    w.wait_replicas(4, &[&a]).await;
+    let s = w.status().await.unwrap();
+    let c = s["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "ConflictingAutoscaler")
+        .unwrap()
+        .clone();
+    assert_eq!(c["status"], "False", "{s}");
+}

@@ -135,6 +135,24 @@ fn parse_kind(s: &str) -> Result<Kind, String> {
     s.parse()
 }
 
+/// Where the autoscaler runs, for defaults that differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// `run`: in the cluster, scraped by Prometheus.
+    Cluster,
+    /// `local`: one machine; nothing outside it needs the metrics.
+    Local,
+}
+
+/// `--metrics-bind`, or the mode's default: every interface in the
+/// cluster, loopback only in local mode.
+fn metrics_bind(given: Option<SocketAddr>, mode: Mode) -> SocketAddr {
+    given.unwrap_or_else(|| match mode {
+        Mode::Cluster => SocketAddr::from(([0, 0, 0, 0], 9902)),
+        Mode::Local => SocketAddr::from(([127, 0, 0, 1], 9902)),
+    })
+}
+
 fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
     DateTime::parse_from_rfc3339(s)
         .map(|t| t.with_timezone(&Utc))
@@ -143,9 +161,10 @@ fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
 
 #[derive(Debug, Args)]
 struct Common {
-    /// Serve /metrics and /healthz here.
-    #[arg(long, default_value = "0.0.0.0:9902", env = "USHER_METRICS_BIND")]
-    metrics_bind: SocketAddr,
+    /// Serve /metrics and /healthz here [default: 0.0.0.0:9902 for `run`
+    /// (scraped in the cluster), 127.0.0.1:9902 for `local` (one machine)].
+    #[arg(long, env = "USHER_METRICS_BIND")]
+    metrics_bind: Option<SocketAddr>,
     /// Compute, log and record decisions, but never scale.
     #[arg(long)]
     dry_run: bool,
@@ -435,10 +454,11 @@ async fn run(args: RunArgs) -> ExitCode {
     });
     let metrics = Metrics::new();
     let shutdown = shutdown_signal();
-    match telemetry::start(args.common.metrics_bind, &metrics).await {
+    let bind = metrics_bind(args.common.metrics_bind, Mode::Cluster);
+    match telemetry::start(bind, &metrics).await {
         Ok(addr) => tracing::info!(%addr, "serving /metrics"),
         Err(e) => {
-            eprintln!("error: cannot listen on {}: {e}", args.common.metrics_bind);
+            eprintln!("error: cannot listen on {bind}: {e}");
             return ExitCode::FAILURE;
         }
     }
@@ -520,10 +540,11 @@ async fn run_local(args: LocalArgs) -> ExitCode {
         return ExitCode::FAILURE;
     }
     let metrics = Metrics::new();
-    match telemetry::start(args.common.metrics_bind, &metrics).await {
+    let bind = metrics_bind(args.common.metrics_bind, Mode::Local);
+    match telemetry::start(bind, &metrics).await {
         Ok(addr) => tracing::info!(%addr, "serving /metrics"),
         Err(e) => {
-            eprintln!("error: cannot listen on {}: {e}", args.common.metrics_bind);
+            eprintln!("error: cannot listen on {bind}: {e}");
             return ExitCode::FAILURE;
         }
     }
@@ -544,5 +565,25 @@ async fn run_local(args: LocalArgs) -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_bind_defaults_to_loopback_in_local_mode_only() {
+        assert_eq!(
+            metrics_bind(None, Mode::Local),
+            "127.0.0.1:9902".parse::<SocketAddr>().unwrap()
+        );
+        assert_eq!(
+            metrics_bind(None, Mode::Cluster),
+            "0.0.0.0:9902".parse::<SocketAddr>().unwrap()
+        );
+        let given = "127.0.0.5:1".parse().unwrap();
+        assert_eq!(metrics_bind(Some(given), Mode::Cluster), given);
+        assert_eq!(metrics_bind(Some(given), Mode::Local), given);
     }
 }

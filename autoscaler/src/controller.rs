@@ -127,7 +127,7 @@ pub struct Context {
     leader: watch::Receiver<bool>,
     loops: Loops,
     pods: PodStores,
-    failures: Mutex<HashMap<String, u32>>,
+    failures: Mutex<HashMap<String, backon::ExponentialBackoff>>,
 }
 
 impl Context {
@@ -642,11 +642,24 @@ pub fn error_policy(obj: Arc<ScalingPolicy>, error: &Error, ctx: Arc<Context>) -
     Action::requeue(backoff(&ctx, &key))
 }
 
+/// The wait before `key`'s next attempt after a failure: 1 s, doubling to
+/// 60 s, each with up to as much again of random jitter (backon), so
+/// replicas that failed together do not retry together. A success resets it.
 fn backoff(ctx: &Context, key: &str) -> Duration {
+    use backon::BackoffBuilder as _;
     let mut failures = ctx.failures.lock().expect("failures lock");
-    let n = failures.entry(key.to_string()).or_insert(0);
-    *n = (*n + 1).min(7);
-    Duration::from_secs(1 << (*n - 1)).min(Duration::from_secs(60))
+    failures
+        .entry(key.to_string())
+        .or_insert_with(|| {
+            backon::ExponentialBuilder::default()
+                .with_min_delay(Duration::from_secs(1))
+                .with_max_delay(Duration::from_secs(60))
+                .with_jitter()
+                .without_max_times()
+                .build()
+        })
+        .next()
+        .unwrap_or(Duration::from_secs(60))
 }
 
 fn set_condition(
@@ -1026,6 +1039,32 @@ spec:
         })
     }
 
+    /// The delay of a requeue action, from its debug form (kube's `Action`
+    /// keeps it private).
+    fn requeue_of(action: Action) -> Duration {
+        let text = format!("{action:?}");
+        let inner = text
+            .split("requeue_after: Some(")
+            .nth(1)
+            .and_then(|r| r.split(')').next())
+            .unwrap_or_else(|| panic!("no requeue in {text}"));
+        parse_debug_duration(inner).unwrap_or_else(|| panic!("{inner}"))
+    }
+
+    /// Parses a `Duration`'s debug text (`1.5s`, `250ms`, `3s`).
+    fn parse_debug_duration(t: &str) -> Option<Duration> {
+        let (n, unit) = t.split_at(t.find(|c: char| c.is_ascii_alphabetic() || c == 'µ')?);
+        let n: f64 = n.parse().ok()?;
+        let secs = match unit {
+            "s" => n,
+            "ms" => n / 1e3,
+            "µs" => n / 1e6,
+            "ns" => n / 1e9,
+            _ => return None,
+        };
+        Some(Duration::from_secs_f64(secs))
+    }
+
     #[tokio::test]
     async fn api_errors_back_off_exponentially_and_a_success_resets_the_backoff() {
         let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
@@ -1052,10 +1091,10 @@ spec:
             let err = reconcile(obj.clone(), ctx.clone()).await.unwrap_err();
             assert_eq!(err.metric_label(), "get_scale", "{err}");
             assert!(err.to_string().contains("lms/moodle"), "{err}");
-            assert_eq!(
-                error_policy(obj.clone(), &err, ctx.clone()),
-                Action::requeue(Duration::from_secs(expected))
-            );
+            // Doubling, with up to as much again of jitter.
+            let wait = requeue_of(error_policy(obj.clone(), &err, ctx.clone()));
+            let base = Duration::from_secs(expected);
+            assert!(wait >= base && wait <= base * 2, "{wait:?} for {base:?}");
         }
         // The Deployment reads again; the balancer does not answer, so the
         // replicas are held, and the loop goes back to its interval.
@@ -1084,9 +1123,10 @@ spec:
         );
         // After the success the next failure starts over at 1 s.
         let err = Error::TargetMissing("lms/moodle".into());
-        assert_eq!(
-            error_policy(obj, &err, ctx.clone()),
-            Action::requeue(Duration::from_secs(1))
+        let wait = requeue_of(error_policy(obj, &err, ctx.clone()));
+        assert!(
+            wait >= Duration::from_secs(1) && wait <= Duration::from_secs(2),
+            "{wait:?}"
         );
         let text = ctx.metrics.encode();
         assert!(

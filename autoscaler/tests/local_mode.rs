@@ -11,10 +11,8 @@
 //! 4. SIGTERM stops the autoscaler and every copy it started.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -27,7 +25,7 @@ use hyper_util::rt::TokioExecutor;
 use usher_balancer::{Balancer, Options};
 
 mod support;
-use support::{Autoscaler, build_lms_sim, gauge, sims_running};
+use support::{Local, build_lms_sim, gauge, sims_running, token};
 
 /// lms-sim workers per copy, and the policy's in-flight target per copy.
 const WORKERS: u32 = 4;
@@ -352,48 +350,19 @@ spec:
 
     // The autoscaler, its copies named `<token>-<index>` so that every
     // response names its copy and leftovers can be found by the token.
-    let token = format!(
-        "e2e{}x{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos()
-    );
-    let log = dir.path().join("autoscaler.log");
-    let log_file = File::create(&log).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_usher-autoscaler"))
-        .arg("local")
-        .arg("--policy")
-        .arg(&policy)
-        .arg("--endpoints-file")
-        .arg(&endpoints)
-        .args([
-            "--metrics-bind",
-            "127.0.0.1:0",
-            "--drain",
-            DRAIN,
-            "--initial",
-            "1",
-            "--log-format",
-            "json",
-            "--",
-        ])
-        .arg(&lms_sim)
-        .args(["--port", "{port}", "--workers", &WORKERS.to_string()])
-        .args(["--service-time", SERVICE_TIME, "--name"])
-        .arg(format!("{token}-{{index}}"))
-        .env("USHER_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(log_file.try_clone().unwrap())
-        .stderr(log_file)
-        .spawn()
-        .unwrap();
-    let mut scaler = Autoscaler {
-        child,
-        log,
-        token: token.clone(),
-    };
+    let token = token("e2e");
+    let workers = WORKERS.to_string();
+    let mut scaler = Local {
+        dir: dir.path(),
+        policy: &policy,
+        endpoints: &endpoints,
+        drain: DRAIN,
+        initial: 1,
+        lms_sim: &lms_sim,
+        args: &["--workers", &workers, "--service-time", SERVICE_TIME],
+        token: &token,
+    }
+    .start();
     let metrics_url = format!("http://{}/metrics", scaler.metrics_addr().await);
     let watch_stop = Arc::new(AtomicBool::new(false));
     let (seen, watcher) = watch_replicas(endpoints.clone(), metrics_url, t0, watch_stop.clone());

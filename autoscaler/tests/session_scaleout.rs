@@ -15,9 +15,7 @@
 //!   the live sessions within 10 s of turning ready.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -30,7 +28,7 @@ use hyper_util::rt::TokioExecutor;
 use usher_balancer::{Balancer, Options};
 
 mod support;
-use support::{Autoscaler, build_lms_sim};
+use support::{Local, build_lms_sim, token};
 
 /// Learners before the class starts, and those who arrive with it.
 const EARLY: usize = 8;
@@ -179,6 +177,29 @@ fn write(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap();
 }
 
+/// Starts the balancer of `config` (file watching off): it, and its
+/// `public` and admin addresses.
+async fn start_balancer(
+    config: &Path,
+) -> (
+    std::sync::Arc<Balancer>,
+    std::net::SocketAddr,
+    std::net::SocketAddr,
+) {
+    let balancer = Balancer::start(
+        config,
+        Options {
+            watch_interval: None,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let public = balancer.listener_addr("public").unwrap();
+    let admin = balancer.admin_addr().unwrap();
+    (balancer, public, admin)
+}
+
 async fn run_day(lms_sim: &Path, sticky: bool) -> Day {
     let dir = tempfile::tempdir().unwrap();
     let endpoints = dir.path().join("endpoints.json");
@@ -210,17 +231,7 @@ pools:
             endpoints.display()
         ),
     );
-    let balancer = Balancer::start(
-        &balancer_yaml,
-        Options {
-            watch_interval: None,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
-    let public = balancer.listener_addr("public").unwrap();
-    let admin = balancer.admin_addr().unwrap();
+    let (balancer, public, admin) = start_balancer(&balancer_yaml).await;
     let policy = dir.path().join("policy.yaml");
     write(
         &policy,
@@ -242,52 +253,32 @@ spec:
 "
         ),
     );
-    let token = format!(
-        "ss{}x{}{}",
-        std::process::id(),
-        u8::from(sticky),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos()
-    );
-    let log = dir.path().join("autoscaler.log");
-    let log_file = File::create(&log).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_usher-autoscaler"))
-        .arg("local")
-        .arg("--policy")
-        .arg(&policy)
-        .arg("--endpoints-file")
-        .arg(&endpoints)
-        .args([
-            "--metrics-bind",
-            "127.0.0.1:0",
-            "--drain",
-            "2s",
-            "--initial",
+    let token = token(if sticky { "ss1x" } else { "ss0x" });
+    let mut scaler = Local {
+        dir: dir.path(),
+        policy: &policy,
+        endpoints: &endpoints,
+        drain: "2s",
+        initial: 2,
+        lms_sim,
+        args: &[
+            "--workers",
             "2",
-            "--log-format",
-            "json",
-            "--",
-        ])
-        .arg(lms_sim)
-        .args(["--port", "{port}", "--workers", "2", "--backlog", "1000"])
-        .args(["--service-time", "100ms", "--distribution", "fixed"])
-        // A pod takes a while to start, as php-fpm and its opcache do.
-        .args(["--cold-start", COLD_START])
-        .args(["--pod-local-sessions", "--exit-with-parent", "--name"])
-        .arg(format!("{token}-{{index}}"))
-        .env("USHER_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(log_file.try_clone().unwrap())
-        .stderr(log_file)
-        .spawn()
-        .unwrap();
-    let mut scaler = Autoscaler {
-        child,
-        log,
-        token: token.clone(),
-    };
+            "--backlog",
+            "1000",
+            "--service-time",
+            "100ms",
+            "--distribution",
+            "fixed",
+            // A pod takes a while to start, as php-fpm and its opcache do.
+            "--cold-start",
+            COLD_START,
+            "--pod-local-sessions",
+            "--exit-with-parent",
+        ],
+        token: &token,
+    }
+    .start();
     scaler.metrics_addr().await;
 
     // Both initial pods ready and listed.
@@ -588,17 +579,7 @@ pools:
             endpoints.display()
         ),
     );
-    let balancer = Balancer::start(
-        &balancer_yaml,
-        Options {
-            watch_interval: None,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
-    let public = balancer.listener_addr("public").unwrap();
-    let admin = balancer.admin_addr().unwrap();
+    let (balancer, public, admin) = start_balancer(&balancer_yaml).await;
     let policy = dir.path().join("policy.yaml");
     write(
         &policy,
@@ -621,55 +602,25 @@ spec:
 "
         ),
     );
-    let token = format!(
-        "sd{}x{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos()
-    );
-    let log = dir.path().join("autoscaler.log");
-    let log_file = File::create(&log).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_usher-autoscaler"))
-        .arg("local")
-        .arg("--policy")
-        .arg(&policy)
-        .arg("--endpoints-file")
-        .arg(&endpoints)
-        .args([
-            "--metrics-bind",
-            "127.0.0.1:0",
-            "--drain",
-            "1s",
-            "--initial",
-            "4",
-            "--log-format",
-            "json",
-            "--",
-        ])
-        .arg(&lms_sim)
-        .args([
-            "--port",
-            "{port}",
+    let token = token("sd");
+    let mut scaler = Local {
+        dir: dir.path(),
+        policy: &policy,
+        endpoints: &endpoints,
+        drain: "1s",
+        initial: 4,
+        lms_sim: &lms_sim,
+        args: &[
             "--workers",
             "4",
             "--service-time",
             "20ms",
-        ])
-        .args(["--pod-local-sessions", "--exit-with-parent", "--name"])
-        .arg(format!("{token}-{{index}}"))
-        .env("USHER_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(log_file.try_clone().unwrap())
-        .stderr(log_file)
-        .spawn()
-        .unwrap();
-    let mut scaler = Autoscaler {
-        child,
-        log,
-        token: token.clone(),
-    };
+            "--pod-local-sessions",
+            "--exit-with-parent",
+        ],
+        token: &token,
+    }
+    .start();
     scaler.metrics_addr().await;
     let deadline = Instant::now() + Duration::from_secs(30);
     let listed = loop {

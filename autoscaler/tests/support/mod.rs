@@ -5,7 +5,7 @@
 
 use std::fs::File;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -232,4 +232,72 @@ pub fn gauge(text: &str, name: &str) -> Option<f64> {
                 .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
         })
         .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// A token unique to this process and moment: copies are named
+/// `<token>-<index>`, so every response names its copy and leftovers can be
+/// found by it.
+pub fn token(prefix: &str) -> String {
+    format!(
+        "{prefix}{}x{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos()
+    )
+}
+
+/// What `usher-autoscaler local` is started with.
+pub struct Local<'a> {
+    /// Where its log goes (`autoscaler.log`).
+    pub dir: &'a Path,
+    /// The policy file.
+    pub policy: &'a Path,
+    /// The balancer's endpoints file.
+    pub endpoints: &'a Path,
+    /// `--drain`.
+    pub drain: &'a str,
+    /// `--initial`.
+    pub initial: u32,
+    /// The `lms-sim` binary.
+    pub lms_sim: &'a Path,
+    /// `lms-sim`'s arguments besides `--port` and `--name`.
+    pub args: &'a [&'a str],
+    /// Names the copies `<token>-<index>`.
+    pub token: &'a str,
+}
+
+impl Local<'_> {
+    /// Starts it, logging JSON at `info` to `dir/autoscaler.log`, metrics on
+    /// a free loopback port.
+    pub fn start(&self) -> Autoscaler {
+        let log = self.dir.join("autoscaler.log");
+        let log_file = File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_usher-autoscaler"))
+            .arg("local")
+            .arg("--policy")
+            .arg(self.policy)
+            .arg("--endpoints-file")
+            .arg(self.endpoints)
+            .args(["--metrics-bind", "127.0.0.1:0", "--drain", self.drain])
+            .args(["--initial", &self.initial.to_string()])
+            .args(["--log-format", "json", "--"])
+            .arg(self.lms_sim)
+            .args(["--port", "{port}"])
+            .args(self.args)
+            .arg("--name")
+            .arg(format!("{}-{{index}}", self.token))
+            .env("USHER_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().unwrap())
+            .stderr(log_file)
+            .spawn()
+            .unwrap();
+        Autoscaler {
+            child,
+            log,
+            token: self.token.to_string(),
+        }
+    }
 }

@@ -25,8 +25,8 @@
 
 use super::{Candidate, LeastConnections, Picker};
 
-/// A home within this fraction (or one session) of the fewest sessions per
-/// weight may take a new session while it may still wait.
+/// A home within this fraction of the fewest sessions per weight may take a
+/// new session while it may still wait.
 const NEAR_FEWEST: f64 = 0.1;
 
 /// One session outweighs this many requests in flight when homes are compared.
@@ -120,8 +120,9 @@ pub fn place(
         (0..homes.len())
             .filter(|&i| {
                 let h = &homes[i];
-                // Slack in the same per-weight units: a tenth, or one session.
-                h.open && per_weight(h) <= fewest + (fewest * NEAR_FEWEST).max(1.0 / h.weight)
+                // Within a tenth of the fewest (per weight): a pod one
+                // session above an empty one waits for the empty one.
+                h.open && per_weight(h) <= fewest * (1.0 + NEAR_FEWEST) + 1e-12
             })
             .collect()
     } else {
@@ -397,10 +398,10 @@ mod tests {
             place(&[full, h(5, 0)], 0, 0, p(false), 7),
             Some(Placement::At(1))
         );
-        // Within one session of the fewest: no reason to wait.
+        // One session above an empty pod: wait for the empty one.
         assert_eq!(
             place(&[full, h(1, 0)], 0, 0, p(true), 7),
-            Some(Placement::At(1))
+            Some(Placement::Hold)
         );
         // Within a tenth of the fewest.
         let full = Home {

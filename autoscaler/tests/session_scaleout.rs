@@ -638,14 +638,18 @@ spec:
     // Session cookies that rendezvous hashing places on the two newest
     // copies (the ones a newest-first scale-down would stop).
     let newest = [listed[2].clone(), listed[3].clone()];
-    let cookies: Vec<String> = (0..10_000)
-        .map(|i| format!("{i:026x}"))
-        .filter(|c| {
-            usher_balancer::sticky::rendezvous(c, listed.iter().map(String::as_str))
-                .is_some_and(|i| i >= 2)
-        })
-        .take(4)
-        .collect();
+    // Two learners on each.
+    let copies = &listed;
+    let on = |copy: usize| {
+        (0..10_000)
+            .map(|i| format!("{i:026x}"))
+            .filter(move |c| {
+                usher_balancer::sticky::rendezvous(c, copies.iter().map(String::as_str))
+                    == Some(copy)
+            })
+            .take(2)
+    };
+    let cookies: Vec<String> = on(2).chain(on(3)).collect();
     assert_eq!(cookies.len(), 4);
 
     let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();

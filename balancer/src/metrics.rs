@@ -405,42 +405,49 @@ struct PoolStateLabels {
     state: &'static str,
 }
 
+/// Encodes one gauge per endpoint, labelled with its pool and address.
+fn endpoint_gauge(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    states: &[Arc<EndpointState>],
+    value: fn(&EndpointState) -> u64,
+) -> Result<(), fmt::Error> {
+    let mut e = encoder.encode_descriptor(
+        name,
+        help,
+        None,
+        prometheus_client::metrics::MetricType::Gauge,
+    )?;
+    for s in states {
+        let labels = EndpointLabels {
+            pool: s.pool().to_string(),
+            endpoint: s.address().to_string(),
+        };
+        ConstGauge::new(value(s) as i64).encode(e.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
 impl Collector for LiveCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), fmt::Error> {
         let states: Vec<Arc<EndpointState>> = self.endpoints.all();
         let now = std::time::Instant::now();
 
-        {
-            let mut e = encoder.encode_descriptor(
-                "in_flight_requests",
-                "Requests and upgraded connections in flight to an endpoint",
-                None,
-                prometheus_client::metrics::MetricType::Gauge,
-            )?;
-            for s in &states {
-                let labels = EndpointLabels {
-                    pool: s.pool().to_string(),
-                    endpoint: s.address().to_string(),
-                };
-                ConstGauge::new(s.in_flight() as i64).encode(e.encode_family(&labels)?)?;
-            }
-        }
-
-        {
-            let mut e = encoder.encode_descriptor(
-                "endpoint_sessions",
-                "Live sticky sessions pinned to an endpoint (a request within stickySessions.sessionPlacement.liveFor)",
-                None,
-                prometheus_client::metrics::MetricType::Gauge,
-            )?;
-            for s in &states {
-                let labels = EndpointLabels {
-                    pool: s.pool().to_string(),
-                    endpoint: s.address().to_string(),
-                };
-                ConstGauge::new(s.sessions() as i64).encode(e.encode_family(&labels)?)?;
-            }
-        }
+        endpoint_gauge(
+            &mut encoder,
+            "in_flight_requests",
+            "Requests and upgraded connections in flight to an endpoint",
+            &states,
+            EndpointState::in_flight,
+        )?;
+        endpoint_gauge(
+            &mut encoder,
+            "endpoint_sessions",
+            "Live sticky sessions pinned to an endpoint (a request within stickySessions.sessionPlacement.liveFor)",
+            &states,
+            EndpointState::sessions,
+        )?;
 
         let mut pools: Vec<(&str, i64, [i64; 4])> = Vec::new();
         for s in &states {

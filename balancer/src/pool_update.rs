@@ -240,7 +240,7 @@ impl PoolUpdater {
         let snapshot = self.shared.snapshot.load();
         let now = Instant::now();
         for pool in &snapshot.pools {
-            pool.live.sessions.sweep(now, false);
+            pool.live.sessions.sweep();
             pool.live.metrics.starting.set(pool.starting(now) as i64);
         }
         self.shared.endpoints.sweep(&snapshot.members(), now)

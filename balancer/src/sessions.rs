@@ -65,8 +65,6 @@ impl Expiry<String, Arc<EndpointState>> for IdleFor {
 pub struct SessionTable {
     map: moka::sync::Cache<String, Arc<EndpointState>>,
     live_for: Arc<AtomicU64>,
-    /// When expired sessions were last swept ([`crate::endpoint::clock`]).
-    swept: AtomicU64,
 }
 
 impl std::fmt::Debug for SessionTable {
@@ -105,11 +103,7 @@ impl SessionTable {
                 endpoint.session_ended();
             })
             .build();
-        Self {
-            map,
-            live_for,
-            swept: AtomicU64::new(0),
-        }
+        Self { map, live_for }
     }
 
     /// Applies a reloaded horizon (from the next access of each session).
@@ -139,26 +133,10 @@ impl SessionTable {
         self.map.invalidate(key);
     }
 
-    /// Ends sessions idle past the horizon, at most once a second unless
-    /// `force`: counts are then exact to within a second.
-    pub fn sweep(&self, now: Instant, force: bool) {
-        let stamp = crate::endpoint::clock(now);
-        let last = self.swept.load(Ordering::Relaxed);
-        if !force && stamp.saturating_sub(last) < 1_000_000_000 {
-            return;
-        }
-        self.swept.store(stamp, Ordering::Relaxed);
+    /// Ends sessions idle past the horizon now (the pool updater calls it
+    /// every second, so counts are exact to within a second).
+    pub fn sweep(&self) {
         self.map.run_pending_tasks();
-    }
-
-    /// Live sessions tracked (after the last sweep).
-    pub fn len(&self) -> u64 {
-        self.map.entry_count()
-    }
-
-    /// Whether no session is tracked.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -185,10 +163,10 @@ mod tests {
         assert_eq!(t.touch("s2", &a), Touch::New);
         assert_eq!((a.sessions(), b.sessions()), (2, 0));
         assert_eq!(t.touch("s1", &b), Touch::Moved);
-        t.sweep(Instant::now(), true);
+        t.sweep();
         assert_eq!((a.sessions(), b.sessions()), (1, 1));
         t.end("s2");
-        t.sweep(Instant::now(), true);
+        t.sweep();
         assert_eq!((a.sessions(), b.sessions()), (0, 1));
     }
 
@@ -201,7 +179,7 @@ mod tests {
         assert_eq!(a.sessions(), 2);
         // moka's timer wheel expires entries to within about a second.
         std::thread::sleep(Duration::from_millis(1300));
-        t.sweep(Instant::now(), true);
+        t.sweep();
         assert_eq!(a.sessions(), 0, "both idle past the horizon");
         assert_eq!(t.touch("s1", &a), Touch::New, "back after idling: new");
         assert_eq!(a.sessions(), 1);
@@ -215,7 +193,7 @@ mod tests {
         t.set_live_for(Duration::from_secs(60));
         assert_eq!(t.touch("s1", &a), Touch::Same);
         std::thread::sleep(Duration::from_millis(1300));
-        t.sweep(Instant::now(), true);
+        t.sweep();
         assert_eq!(a.sessions(), 1);
     }
 }

@@ -521,12 +521,9 @@ impl Pools {
                 .max_capacity(200_000)
                 .time_to_idle(Duration::from_secs(24 * 3600))
                 .build(),
+            // Its horizon is set from the config by every snapshot build.
             sessions: crate::sessions::SessionTable::new(
-                pool.sticky
-                    .as_ref()
-                    .map_or(crate::config::SessionPlacement::default().live_for, |s| {
-                        s.placement.live_for
-                    }),
+                crate::config::SessionPlacement::default().live_for,
             ),
             births_waiting: std::sync::atomic::AtomicU64::new(0),
             capacity: tokio::sync::Notify::new(),

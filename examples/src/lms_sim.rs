@@ -121,18 +121,6 @@ struct Sim {
     local: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
-/// The `MoodleSession` cookie's value in a request, if any.
-fn session_cookie(req: &Request<Incoming>) -> Option<String> {
-    req.headers()
-        .get_all(hyper::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| *k == "MoodleSession")
-        .map(|(_, v)| v.to_string())
-}
-
 impl Sim {
     /// A new session id (recorded when sessions are pod-local).
     fn new_session(&self) -> String {
@@ -249,7 +237,8 @@ impl Sim {
             | "/quiz/attempt.php" => {}
             _ => return text(StatusCode::NOT_FOUND, "no such page\n"),
         }
-        let cookie = session_cookie(&req);
+        let cookie =
+            usher_balancer::sticky::find_cookie(req.headers(), "MoodleSession").map(str::to_string);
         // A posted form (quiz answers) is read before a worker takes it, as
         // the web server does.
         if req.into_body().collect().await.is_err() {

@@ -53,14 +53,8 @@ pub fn endpoints_of<'a>(
                 } else {
                     format!("{ip}:{number}")
                 };
-                // Ready anywhere wins, then draining, then starting.
-                let rank = |(draining, starting): (bool, bool)| match (draining, starting) {
-                    (false, false) => 0,
-                    (true, _) => 1,
-                    (false, true) => 2,
-                };
                 let entry = out.entry(address).or_insert(state);
-                if rank(state) < rank(*entry) {
+                if super::rank(state.0, state.1) < super::rank(entry.0, entry.1) {
                     *entry = state;
                 }
             }

@@ -50,6 +50,16 @@ pub struct Update {
     pub endpoints: Vec<EndpointSpec>,
 }
 
+/// Which of two reports of one address wins: ready (0) over draining (1)
+/// over starting (2), whichever source or slice says so.
+pub(crate) fn rank(draining: bool, starting: bool) -> u8 {
+    match (draining, starting) {
+        (false, false) => 0,
+        (true, _) => 1,
+        (false, true) => 2,
+    }
+}
+
 /// Sends updates to the pool update path.
 pub type UpdateSender = mpsc::UnboundedSender<Update>;
 
@@ -88,14 +98,9 @@ impl Discovered {
         for key in keys {
             for e in &lists[key] {
                 match out.iter_mut().find(|o| o.address == e.address) {
-                    // Ready in any source wins, then draining, then starting.
                     Some(existing) => {
-                        let rank = |e: &EndpointSpec| match (e.draining, e.starting) {
-                            (false, false) => 0,
-                            (true, _) => 1,
-                            (false, true) => 2,
-                        };
-                        if rank(e) < rank(existing) {
+                        if rank(e.draining, e.starting) < rank(existing.draining, existing.starting)
+                        {
                             existing.draining = e.draining;
                             existing.starting = e.starting;
                         }

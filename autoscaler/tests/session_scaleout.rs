@@ -247,6 +247,10 @@ spec:
   target: {{inFlightPerPod: 1.5}}
   surge: {{stableWindow: 10s, panicWindow: 1s, panicThreshold: 2.0}}
   behavior:
+    # A class start: the whole scale-out at once (the HPA's default
+    # scale-up, 4 pods or 100 % per 15 s, would add them in two steps).
+    scaleUp:
+      policies: [{{type: Pods, value: 6, periodSeconds: 1}}]
     scaleDown:
       stabilizationWindowSeconds: 300
   metricsSource: {{urls: ['http://{admin}/metrics'], interval: 250ms, timeout: 200ms}}
